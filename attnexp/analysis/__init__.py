@@ -1,0 +1,1 @@
+"""Analysis: costs (params, MACs), tables, plots, attention maps."""

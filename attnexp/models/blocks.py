@@ -1,0 +1,406 @@
+"""Residual blocks with named attention hook points.
+
+Every block keeps torchvision's parameter names (``conv1``, ``bn1``, ..., ``downsample.0/1``)
+so ImageNet weights load unchanged. Attention modules live in ``block.attn[position]`` (an
+``nn.Sequential`` per position, created on demand), so their parameters are named
+``layerS.B.attn.<position>.<i>.*`` and never collide with backbone names.
+
+Hook points (the ``position`` of a placement), in forward order::
+
+    x ──┬─ [before_block] ─ conv unit 1 ─ [after_conv1] ─ ... ─ last conv unit ─ [after_conv3] ─┐
+        └─ shortcut (identity / projection / zero-pad) ─ [identity] ───────────────────────── (+) ─ ReLU ─ [after_add]
+
+* ``before_block`` – start of the residual branch (SE-PRE, SENet fig. 5c): the shortcut still
+  carries the ungated input; channels = block input channels. In pre-activation blocks it sits
+  after the block's BN-ReLU pre-activation, just before the first conv.
+* ``after_conv1`` / ``after_conv2`` – after that conv unit: conv+BN+ReLU in post-activation
+  blocks (mmdet's plugin convention; ``after_conv2`` of a bottleneck is SENet's SE_3x3), directly
+  after the conv in pre-activation blocks.
+* ``after_conv3`` – end of the residual branch, before the add (the SE/CBAM placement): after
+  the last conv's BN (post-activation) or the last conv (pre-activation). A basic block has two
+  convs, so on it ``after_conv2`` and ``after_conv3`` are the same place (applied in that order).
+* ``identity`` – on the shortcut branch, after any projection or zero padding (SE-Identity,
+  SENet fig. 5e); channels = block output channels.
+* ``after_add`` – after the sum and its ReLU (SE-POST, SENet fig. 5d: "after the summation
+  with the identity branch (after ReLU)"); pre-activation blocks have no ReLU there.
+
+Conv modules (``position: conv``) replace the block's 3x3 conv and take over its stride:
+``conv2`` of a bottleneck (stride 1 under ``stride_position="v1"``, where the first 1x1 conv
+strides) and ``conv1``, the strided one of the two 3x3 convs, of a basic block. When the module has ``includes_norm_act = True`` the BN and ReLU that follow
+the replaced conv are removed (the module already normalises and activates its output).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+#: Positions that lie inside a block (``between_stages`` is handled by the backbone).
+BLOCK_POSITIONS: tuple[str, ...] = (
+    "before_block",
+    "after_conv1",
+    "after_conv2",
+    "after_conv3",
+    "after_add",
+    "identity",
+)
+
+
+class HookPoint(NamedTuple):
+    """Where a gate can sit in a block: its channel count and whether it lies after the stride
+    (then its spatial size is the block's output size, otherwise its input size)."""
+
+    channels: int
+    strided: bool
+
+
+class ConvSite(NamedTuple):
+    """The 3x3 conv a conv-kind module replaces; ``input_strided`` when an earlier conv of the
+    block already applied the stride (v1 bottleneck), so its input has the output size."""
+
+    attr: str
+    in_channels: int
+    out_channels: int
+    stride: int
+    input_strided: bool = False
+
+
+def conv3x3(w_in: int, w_out: int, stride: int = 1, groups: int = 1) -> nn.Conv2d:
+    """3x3 conv, padding 1, no bias (it is followed by a BN)."""
+    return nn.Conv2d(w_in, w_out, 3, stride=stride, padding=1, groups=groups, bias=False)
+
+
+def conv1x1(w_in: int, w_out: int, stride: int = 1) -> nn.Conv2d:
+    """1x1 conv, no bias."""
+    return nn.Conv2d(w_in, w_out, 1, stride=stride, bias=False)
+
+
+class ZeroPadShortcut(nn.Module):
+    """Shortcut option A of He et al. 2016: subsample by ``stride``, zero-pad new channels.
+
+    Parameter-free. The identity occupies the first ``in_channels`` channels.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int) -> None:
+        super().__init__()
+        self.in_channels, self.out_channels, self.stride = in_channels, out_channels, stride
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.stride > 1:
+            x = x[:, :, :: self.stride, :: self.stride]
+        return F.pad(x, (0, 0, 0, 0, 0, self.out_channels - self.in_channels))
+
+    def extra_repr(self) -> str:
+        return f"{self.in_channels}, {self.out_channels}, stride={self.stride}"
+
+
+def make_shortcut(
+    kind: str, in_channels: int, out_channels: int, stride: int, *, norm: bool = True
+) -> nn.Module | None:
+    """None when the shapes match, else option "A" (zero pad) or "B" (1x1 conv [+ BN])."""
+    if stride == 1 and in_channels == out_channels:
+        return None
+    if kind == "A":
+        return ZeroPadShortcut(in_channels, out_channels, stride)
+    if not norm:  # pre-activation nets: the projection acts on the pre-activated input
+        return conv1x1(in_channels, out_channels, stride)
+    return nn.Sequential(conv1x1(in_channels, out_channels, stride), nn.BatchNorm2d(out_channels))
+
+
+class ResidualBlock(nn.Module):
+    """Common part of every block: attention hook storage and conv replacement.
+
+    Subclasses define :meth:`hook_points`, :meth:`conv_site` and the forward pass, calling
+    ``self._gate(position, x)`` at each hook point.
+    """
+
+    #: Name of the BN that follows the replaceable 3x3 conv.
+    norm_after_conv: str = "bn2"
+    #: The (only) last BN of the residual branch, zeroed by ``zero_init_residual``.
+    last_bn: str | None = None
+    #: Pre-activation blocks take their projection shortcut from the pre-activated input.
+    preact: bool = False
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int) -> None:
+        super().__init__()
+        self.in_channels = in_channels
+        self.out_channels = out_channels
+        self.stride = stride
+        #: Set when the 3x3 conv was replaced by a module that applies its own BN + ReLU.
+        self.conv_has_norm_act = False
+        self.attn = nn.ModuleDict()
+
+    # -- placement interface ---------------------------------------------------------------
+    def hook_points(self) -> dict[str, HookPoint]:
+        """Channel count and stride side of every gate position this block offers."""
+        raise NotImplementedError
+
+    def conv_site(self) -> ConvSite:
+        """The replaceable 3x3 conv: attribute, channels in/out, stride."""
+        raise NotImplementedError
+
+    def add_gate(self, position: str, module: nn.Module) -> str:
+        """Append ``module`` at ``position``; returns its path inside the block."""
+        if position not in self.hook_points():
+            raise KeyError(position)
+        if position not in self.attn:
+            self.attn[position] = nn.Sequential()
+        seq = self.attn[position]
+        seq.append(module)
+        return f"attn.{position}.{len(seq) - 1}"
+
+    def replace_conv(self, module: nn.Module) -> str:
+        """Put ``module`` in place of the 3x3 conv; drop the following BN+ReLU if it has them."""
+        attr = self.conv_site().attr
+        setattr(self, attr, module)
+        if getattr(module, "includes_norm_act", False):
+            setattr(self, self.norm_after_conv, nn.Identity())
+            self.conv_has_norm_act = True
+        return attr
+
+    def _gate(self, position: str, x: torch.Tensor) -> torch.Tensor:
+        if position in self.attn:
+            return self.attn[position](x)
+        return x
+
+    def _norm_act(self, bn: nn.Module, x: torch.Tensor, replaced: bool) -> torch.Tensor:
+        """BN + ReLU after a conv unless that conv was replaced by a module that has them."""
+        if replaced:
+            return x
+        return F.relu(bn(x), inplace=True)
+
+
+class BasicBlock(ResidualBlock):
+    """Post-activation basic block (He et al. 2016).
+
+    3x3/s [+conv module] - BN - ReLU [after_conv1], 3x3 - BN [after_conv2, after_conv3],
+    (+ shortcut [identity]) - ReLU [after_add]; [before_block] on the branch input.
+    """
+
+    norm_after_conv = "bn1"
+    last_bn = "bn2"
+
+    def __init__(
+        self, in_channels: int, out_channels: int, stride: int = 1, shortcut: str = "B"
+    ) -> None:
+        super().__init__(in_channels, out_channels, stride)
+        self.conv1 = conv3x3(in_channels, out_channels, stride)
+        self.bn1 = nn.BatchNorm2d(out_channels)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv2 = conv3x3(out_channels, out_channels)
+        self.bn2 = nn.BatchNorm2d(out_channels)
+        self.downsample = make_shortcut(shortcut, in_channels, out_channels, stride)
+
+    def hook_points(self) -> dict[str, HookPoint]:
+        c_in, c_out = self.in_channels, self.out_channels
+        return {
+            "before_block": HookPoint(c_in, False),
+            "after_conv1": HookPoint(c_out, True),
+            "after_conv2": HookPoint(c_out, True),
+            "after_conv3": HookPoint(c_out, True),
+            "identity": HookPoint(c_out, True),
+            "after_add": HookPoint(c_out, True),
+        }
+
+    def conv_site(self) -> ConvSite:
+        return ConvSite("conv1", self.in_channels, self.out_channels, self.stride)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self._gate("before_block", x)
+        out = self._norm_act(self.bn1, self.conv1(out), self.conv_has_norm_act)
+        out = self._gate("after_conv1", out)
+        out = self.bn2(self.conv2(out))
+        out = self._gate("after_conv2", out)
+        out = self._gate("after_conv3", out)
+        identity = x if self.downsample is None else self.downsample(x)
+        identity = self._gate("identity", identity)
+        out = self.relu(out + identity)
+        return self._gate("after_add", out)
+
+
+class Bottleneck(ResidualBlock):
+    """Post-activation bottleneck (torchvision's, incl. ResNeXt groups and wide widths).
+
+    1x1 - BN - ReLU [after_conv1], 3x3 (groups) [+conv module] - BN - ReLU [after_conv2],
+    1x1 - BN [after_conv3], (+ shortcut [identity]) - ReLU [after_add]; [before_block] on the
+    branch input. ``stride_on="conv2"`` is v1.5 (torchvision), ``"conv1"`` is v1 (He et al.).
+    """
+
+    last_bn = "bn3"
+
+    def __init__(
+        self,
+        in_channels: int,
+        width: int,
+        out_channels: int,
+        stride: int = 1,
+        *,
+        groups: int = 1,
+        stride_on: str = "conv2",
+        shortcut: str = "B",
+    ) -> None:
+        super().__init__(in_channels, out_channels, stride)
+        self.width = width
+        self.stride_on = stride_on
+        s1, s2 = (stride, 1) if stride_on == "conv1" else (1, stride)
+        self.conv1 = conv1x1(in_channels, width, s1)
+        self.bn1 = nn.BatchNorm2d(width)
+        self.conv2 = conv3x3(width, width, s2, groups)
+        self.bn2 = nn.BatchNorm2d(width)
+        self.conv3 = conv1x1(width, out_channels)
+        self.bn3 = nn.BatchNorm2d(out_channels)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = make_shortcut(shortcut, in_channels, out_channels, stride)
+
+    def hook_points(self) -> dict[str, HookPoint]:
+        c_in, w, c_out = self.in_channels, self.width, self.out_channels
+        return {
+            "before_block": HookPoint(c_in, False),
+            "after_conv1": HookPoint(w, self.stride_on == "conv1"),
+            "after_conv2": HookPoint(w, True),
+            "after_conv3": HookPoint(c_out, True),
+            "identity": HookPoint(c_out, True),
+            "after_add": HookPoint(c_out, True),
+        }
+
+    def conv_site(self) -> ConvSite:
+        v1 = self.stride_on == "conv1"
+        return ConvSite("conv2", self.width, self.width, 1 if v1 else self.stride, v1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self._gate("before_block", x)
+        out = self.relu(self.bn1(self.conv1(out)))
+        out = self._gate("after_conv1", out)
+        out = self._norm_act(self.bn2, self.conv2(out), self.conv_has_norm_act)
+        out = self._gate("after_conv2", out)
+        out = self.bn3(self.conv3(out))
+        out = self._gate("after_conv3", out)
+        identity = x if self.downsample is None else self.downsample(x)
+        identity = self._gate("identity", identity)
+        out = self.relu(out + identity)
+        return self._gate("after_add", out)
+
+
+class PreActBasicBlock(ResidualBlock):
+    """Pre-activation basic block (He et al. 2016b; the WRN block of Zagoruyko & Komodakis).
+
+    BN - ReLU (pre-activation) [before_block], 3x3/s [+conv module] [after_conv1], BN - ReLU -
+    dropout, 3x3 [after_conv2, after_conv3], (+ shortcut [identity]) [after_add]. A projection
+    shortcut takes the pre-activated input (WRN's official code); identity and zero-pad
+    shortcuts take the raw input.
+    """
+
+    norm_after_conv = "bn2"
+    preact = True
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        stride: int = 1,
+        *,
+        dropout: float = 0.0,
+        shortcut: str = "B",
+    ) -> None:
+        super().__init__(in_channels, out_channels, stride)
+        self.bn1 = nn.BatchNorm2d(in_channels)
+        self.conv1 = conv3x3(in_channels, out_channels, stride)
+        self.bn2 = nn.BatchNorm2d(out_channels)
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.conv2 = conv3x3(out_channels, out_channels)
+        self.downsample = make_shortcut(shortcut, in_channels, out_channels, stride, norm=False)
+
+    def hook_points(self) -> dict[str, HookPoint]:
+        c_in, c_out = self.in_channels, self.out_channels
+        return {
+            "before_block": HookPoint(c_in, False),
+            "after_conv1": HookPoint(c_out, True),
+            "after_conv2": HookPoint(c_out, True),
+            "after_conv3": HookPoint(c_out, True),
+            "identity": HookPoint(c_out, True),
+            "after_add": HookPoint(c_out, True),
+        }
+
+    def conv_site(self) -> ConvSite:
+        return ConvSite("conv1", self.in_channels, self.out_channels, self.stride)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pre = F.relu(self.bn1(x))
+        out = self.conv1(self._gate("before_block", pre))
+        out = self._gate("after_conv1", out)
+        out = self.conv2(self.dropout(self._norm_act(self.bn2, out, self.conv_has_norm_act)))
+        out = self._gate("after_conv2", out)
+        out = self._gate("after_conv3", out)
+        identity = _preact_shortcut(self.downsample, x, pre)
+        identity = self._gate("identity", identity)
+        return self._gate("after_add", out + identity)
+
+
+class PreActBottleneck(ResidualBlock):
+    """Pre-activation bottleneck (He et al. 2016b, the CIFAR ResNet-164).
+
+    BN - ReLU [before_block], 1x1 [after_conv1], BN - ReLU - 3x3/s [+conv module]
+    [after_conv2], BN - ReLU - 1x1 [after_conv3], (+ shortcut [identity]) [after_add].
+    """
+
+    norm_after_conv = "bn3"
+    preact = True
+
+    def __init__(
+        self,
+        in_channels: int,
+        width: int,
+        out_channels: int,
+        stride: int = 1,
+        *,
+        shortcut: str = "B",
+    ) -> None:
+        super().__init__(in_channels, out_channels, stride)
+        self.width = width
+        self.bn1 = nn.BatchNorm2d(in_channels)
+        self.conv1 = conv1x1(in_channels, width)
+        self.bn2 = nn.BatchNorm2d(width)
+        self.conv2 = conv3x3(width, width, stride)
+        self.bn3 = nn.BatchNorm2d(width)
+        self.conv3 = conv1x1(width, out_channels)
+        self.downsample = make_shortcut(shortcut, in_channels, out_channels, stride, norm=False)
+
+    def hook_points(self) -> dict[str, HookPoint]:
+        c_in, w, c_out = self.in_channels, self.width, self.out_channels
+        return {
+            "before_block": HookPoint(c_in, False),
+            "after_conv1": HookPoint(w, False),
+            "after_conv2": HookPoint(w, True),
+            "after_conv3": HookPoint(c_out, True),
+            "identity": HookPoint(c_out, True),
+            "after_add": HookPoint(c_out, True),
+        }
+
+    def conv_site(self) -> ConvSite:
+        return ConvSite("conv2", self.width, self.width, self.stride)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pre = F.relu(self.bn1(x))
+        out = self.conv1(self._gate("before_block", pre))
+        out = self._gate("after_conv1", out)
+        out = self.conv2(F.relu(self.bn2(out), inplace=True))
+        out = self._gate("after_conv2", out)
+        out = self.conv3(self._norm_act(self.bn3, out, self.conv_has_norm_act))
+        out = self._gate("after_conv3", out)
+        identity = _preact_shortcut(self.downsample, x, pre)
+        identity = self._gate("identity", identity)
+        return self._gate("after_add", out + identity)
+
+
+def _preact_shortcut(
+    downsample: nn.Module | None, x: torch.Tensor, pre: torch.Tensor
+) -> torch.Tensor:
+    """Identity on ``x``, zero padding of ``x``, or a projection of the pre-activated ``pre``."""
+    if downsample is None:
+        return x
+    if isinstance(downsample, ZeroPadShortcut):
+        return downsample(x)
+    return downsample(pre)
