@@ -299,8 +299,9 @@ class SplitAttentionConv(AttentionModule):
     (sigmoid when radix = 1, eq. 3); output = sum of the weighted splits (eq. 2). Exposed as
     ``branch`` (B, radix, C).
 
-    As in the official code: the inner width is max(in_channels * radix // reduction, 32),
-    fc1 and fc2 carry biases, and the BN+ReLU sit inside (``includes_norm_act``). The
+    As in the official code: the inner width is max(in_channels * radix // reduction,
+    ``min_inter_channels`` = 32) (rounded up to a multiple of ``cardinality`` when it is not
+    one), fc1 and fc2 carry biases, and the BN+ReLU sit inside (``includes_norm_act``). The
     ResNeSt block's average-pool downsampling ("avd") is a backbone matter, not part of
     this module; here the stride is the conv's.
     """

@@ -209,8 +209,8 @@ class ECA(AttentionModule):
 
     Which C feeds the adaptive rule is the channel count at the placement position (the
     block's output width for ``after_conv3``). The released ResNet-50 checkpoint instead
-    uses k = 3, 5, 5, 7 for stages 1-4 (PITFALLS.md); express that as four placements,
-    one per stage, each with an explicit ``kernel_size``.
+    uses k = 3, 5, 5, 7 for stages 1-4 (PITFALLS.md); express that with the placement's
+    ``stage_options: {kernel_size: [3, 5, 5, 7]}``.
 
     Args:
         channels: C.
@@ -373,7 +373,8 @@ class GatherExcite(AttentionModule):
         excite: ``none`` or ``mlp``.
         reduction: r of the ``mlp`` excite (paper: 16).
         feature_size: spatial size S of the input (S x S), needed only for
-            ``gather="conv", extent="global"``.
+            ``gather="conv", extent="global"`` (per stage via the placement's
+            ``stage_options``, e.g. [56, 28, 14, 7] on an ImageNet ResNet-50).
     """
 
     def __init__(

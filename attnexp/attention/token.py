@@ -277,13 +277,15 @@ class EfficientMHSA(AttentionModule):
         tokens = x.flatten(2).transpose(1, 2)  # (B, N, C)
         q = self.q(tokens).reshape(b, h * w, self.heads, self.head_dim).transpose(1, 2)
         if self.sr_ratio > 1:
-            reduced = self.sr(x)
-            grid = (reduced.shape[2], reduced.shape[3])
-            if 0 in grid:
+            s = self.sr_ratio
+            grid = tuple((n + 2 * (s // 2) - (s + 1)) // s + 1 for n in (h, w))
+            if min(grid) < 1:
                 raise ConfigError(
-                    f"emsa: option 'sr_ratio'={self.sr_ratio} reduces a {h}x{w} map to "
-                    f"{grid[0]}x{grid[1]}; use a smaller sr_ratio (2 works for any size)"
+                    f"emsa: option 'sr_ratio'={s} cannot reduce a {h}x{w} map (the depth-wise "
+                    f"conv has kernel {s + 1}, padding {s // 2}); use a smaller sr_ratio "
+                    f"(even values work for any size)"
                 )
+            reduced = self.sr(x)
             kv_tokens = self.sr_norm(reduced.flatten(2).transpose(1, 2))
         else:
             grid, kv_tokens = (h, w), tokens

@@ -9,9 +9,18 @@ import torch
 
 from attnexp.data.memory import BatchAugment, InMemoryLoader
 
+#: Where the uint8 splits live while training: on the trainer's device (no host-to-device
+#: copies at all) or in host memory (each batch copied; for data larger than GPU memory).
+STORAGE_CHOICES = ("device", "cpu")
+
 
 class InMemoryDataModule(L.LightningDataModule):
-    """Holds train/val/test as uint8 tensors; loaders move them to the trainer's device."""
+    """Holds train/val/test as uint8 tensors (``splits``); loaders yield normalised floats.
+
+    With ``storage="device"`` the splits are copied once to the trainer's root device when
+    a loader is first requested (splits that share tensors, e.g. val = test, share the
+    copy). Under DDP every rank holds the data and reads its own shard of each epoch.
+    """
 
     def __init__(
         self,
@@ -25,8 +34,12 @@ class InMemoryDataModule(L.LightningDataModule):
         seed: int = 0,
         name: str = "in_memory",
         class_names: Sequence[str] | None = None,
+        storage: str = "device",
+        drop_last: bool = False,
     ) -> None:
         super().__init__()
+        if storage not in STORAGE_CHOICES:
+            raise ValueError(f"storage must be one of {STORAGE_CHOICES}, got {storage!r}")
         self.splits = splits
         self.num_classes = num_classes
         self.image_size = int(splits["train"][0].shape[-1])
@@ -37,35 +50,59 @@ class InMemoryDataModule(L.LightningDataModule):
         self.seed = seed
         self.name = name
         self.class_names = tuple(class_names) if class_names else tuple(str(i) for i in range(num_classes))
+        self.storage = storage
+        self.drop_last = drop_last
+        self.skipped_files: list[str] = []
         self._loaders: dict[str, InMemoryLoader] = {}
+        self._stored: dict[tuple[int, str], torch.Tensor] = {}
 
-    def _device(self) -> torch.device:
+    @property
+    def split_sizes(self) -> dict[str, int]:
+        return {split: int(labels.numel()) for split, (_, labels) in self.splits.items()}
+
+    def _placement(self) -> tuple[torch.device, int, int]:
         trainer = getattr(self, "trainer", None)
-        return trainer.strategy.root_device if trainer is not None else torch.device("cpu")
+        if trainer is None:
+            return torch.device("cpu"), 1, 0
+        return trainer.strategy.root_device, int(trainer.world_size), int(trainer.global_rank)
+
+    def _store(self, tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+        target = device if self.storage == "device" else torch.device("cpu")
+        if tensor.device == target:
+            return tensor
+        key = (id(tensor), str(target))
+        if key not in self._stored:
+            self._stored[key] = tensor.to(target)
+        return self._stored[key]
 
     def _loader(self, split: str) -> InMemoryLoader:
         if split not in self.splits:
             raise KeyError(f"dataset {self.name!r} has no {split!r} split; it has {sorted(self.splits)}")
-        if split not in self._loaders:
+        device, world, rank = self._placement()
+        current = self._loaders.get(split)
+        if current is None or current.device != device or current.num_replicas != world:
             images, labels = self.splits[split]
             train = split == "train"
             self._loaders[split] = InMemoryLoader(
-                images,
-                labels,
+                self._store(images, device),
+                self._store(labels, device),
                 batch_size=self.batch_size if train else self.eval_batch_size,
                 mean=self.mean,
                 std=self.std,
                 shuffle=train,
-                drop_last=False,
+                drop_last=self.drop_last and train,
                 augment=self.augment if train else BatchAugment(),
                 seed=self.seed,
+                device=device,
+                num_replicas=world,
+                rank=rank,
             )
-        return self._loaders[split].to(self._device())
+        return self._loaders[split]
 
     def train_dataloader(self) -> InMemoryLoader:
         loader = self._loader("train")
         trainer = getattr(self, "trainer", None)
-        if trainer is not None:
+        if trainer is not None:  # Lightning also calls loader.sampler.set_epoch per epoch
             loader.set_epoch(trainer.current_epoch)
         return loader
 
@@ -75,5 +112,7 @@ class InMemoryDataModule(L.LightningDataModule):
     def test_dataloader(self) -> InMemoryLoader:
         return self._loader("test")
 
-    def state_dict(self) -> dict:
-        return {}
+    def teardown(self, stage: str) -> None:
+        """Free device copies once a fit/test is over (a later stage copies again)."""
+        self._loaders.clear()
+        self._stored.clear()

@@ -1,74 +1,120 @@
-"""The fast in-memory path: whole dataset as one uint8 tensor on the training device.
+"""The fast in-memory path: a whole split as one uint8 tensor, augmented a batch at a time.
 
 Small-image ablations spend most of their time in per-image Python (PIL decode, per-sample
 transforms, collation) in typical research code. Here the data is decoded once, held on
-the device, and augmented a batch at a time with tensor ops: random crop after zero
-padding, horizontal flip and cutout, then per-channel normalisation.
+the training device, and each batch is built with a handful of tensor ops and no Python
+loop over images: one gather does the padded random crop *and* the horizontal flip on
+uint8 data, one fused multiply-subtract converts to normalised float, and cutout is a
+broadcast mask.
+
+Randomness comes only from (seed, epoch, batch index): the shuffle from (seed, epoch), the
+augmentation of batch b from (seed, epoch, b). So an epoch is the same whether or not the
+run was interrupted, and the loader resumes mid-epoch exactly from its ``state_dict``
+(Lightning saves it in checkpoints because the loader implements the ``state_dict`` /
+``load_state_dict`` protocol). Streams differ between CPU and CUDA generators: a run is
+reproducible on the same kind of device.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
+import numpy as np
 import torch
+import torch.nn.functional as F
 
 
 @dataclass(frozen=True)
 class BatchAugment:
     """Batched augmentation settings (all done on the data's device)."""
 
-    pad: int = 0  # random-crop padding in pixels (4 for the CIFAR recipe)
+    pad: int = 0  # random-crop padding in pixels (4 for the CIFAR recipe); 0 = no crop
     flip: bool = False  # horizontal flip with probability 0.5
     cutout: int = 0  # side of the square zeroed after normalisation (0 = off)
+
+    def __post_init__(self) -> None:
+        if self.pad < 0 or self.cutout < 0:
+            raise ValueError(f"pad and cutout must be >= 0, got pad={self.pad}, cutout={self.cutout}")
 
     @property
     def active(self) -> bool:
         return self.pad > 0 or self.flip or self.cutout > 0
 
 
-def random_crop(x: torch.Tensor, pad: int, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Zero-pad by ``pad`` and crop back to the original size at a random offset per image.
+def random_crop_flip(
+    x: torch.Tensor, pad: int, flip: bool, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """Zero-pad by ``pad``, crop back at a random offset and flip with probability 0.5.
 
-    One gather over a padded batch: offsets are drawn per image uniformly in [0, 2*pad],
-    as torchvision's ``RandomCrop(size, padding=pad)``.
+    Matches torchvision's ``RandomCrop(size, padding=pad)`` followed by
+    ``RandomHorizontalFlip()``: offsets uniform in [0, 2*pad] on each axis, independently
+    per image, padding with zeros (black). Works on any dtype; one gather for both ops.
     """
     n, c, h, w = x.shape
-    padded = torch.nn.functional.pad(x, (pad, pad, pad, pad))
-    oy = torch.randint(0, 2 * pad + 1, (n,), device=x.device, generator=generator)
-    ox = torch.randint(0, 2 * pad + 1, (n,), device=x.device, generator=generator)
-    rows = (oy[:, None] + torch.arange(h, device=x.device)[None, :])  # (n, h)
-    cols = (ox[:, None] + torch.arange(w, device=x.device)[None, :])  # (n, w)
-    idx_rows = rows[:, None, :, None].expand(n, c, h, w + 2 * pad)
-    out = padded.gather(2, idx_rows)
-    idx_cols = cols[:, None, None, :].expand(n, c, h, w)
-    return out.gather(3, idx_cols)
-
-
-def random_flip(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Flip each image horizontally with probability 0.5."""
-    flip = torch.rand(x.shape[0], device=x.device, generator=generator) < 0.5
-    return torch.where(flip[:, None, None, None], x.flip(3), x)
+    if n == 0 or (pad == 0 and not flip):
+        return x
+    dev = x.device
+    src = F.pad(x, (pad, pad, pad, pad)) if pad else x
+    width = w + 2 * pad
+    rows = torch.arange(h, device=dev).expand(n, h)
+    cols = torch.arange(w, device=dev).expand(n, w)
+    if pad:
+        rows = rows + torch.randint(0, 2 * pad + 1, (n, 1), device=dev, generator=generator)
+        cols = cols + torch.randint(0, 2 * pad + 1, (n, 1), device=dev, generator=generator)
+    if flip:
+        flipped = torch.rand(n, 1, device=dev, generator=generator) < 0.5
+        cols = torch.where(flipped, cols.flip(1), cols)
+    index = (rows[:, :, None] * width + cols[:, None, :]).view(n, 1, h * w).expand(n, c, h * w)
+    return src.reshape(n, c, -1).gather(2, index).view(n, c, h, w)
 
 
 def cutout(x: torch.Tensor, size: int, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Zero a ``size`` x ``size`` square (clipped at borders) centred at a random pixel."""
+    """Zero a ``size`` x ``size`` square centred at a uniformly random pixel, in place.
+
+    As DeVries & Taylor (2017): the centre may lie anywhere in the image and the square is
+    clipped at the borders; applied after normalisation, so zero is the dataset mean.
+    Rows covered: [cy - size//2, cy - size//2 + size).
+    """
     n, _, h, w = x.shape
-    cy = torch.randint(0, h, (n,), device=x.device, generator=generator)
-    cx = torch.randint(0, w, (n,), device=x.device, generator=generator)
-    ys = torch.arange(h, device=x.device)[None, :]
-    xs = torch.arange(w, device=x.device)[None, :]
-    in_y = ((ys - cy[:, None]).abs() <= size // 2) if size % 2 else ((ys - cy[:, None]) >= -(size // 2)) & ((ys - cy[:, None]) < size // 2)
-    in_x = ((xs - cx[:, None]).abs() <= size // 2) if size % 2 else ((xs - cx[:, None]) >= -(size // 2)) & ((xs - cx[:, None]) < size // 2)
-    mask = in_y[:, :, None] & in_x[:, None, :]
-    return x.masked_fill(mask[:, None], 0.0)
+    if n == 0 or size <= 0:
+        return x
+    dev = x.device
+    cy = torch.randint(0, h, (n, 1), device=dev, generator=generator)
+    cx = torch.randint(0, w, (n, 1), device=dev, generator=generator)
+    dy = torch.arange(h, device=dev)[None, :] - (cy - size // 2)
+    dx = torch.arange(w, device=dev)[None, :] - (cx - size // 2)
+    in_y = (dy >= 0) & (dy < size)
+    in_x = (dx >= 0) & (dx < size)
+    mask = in_y[:, None, :, None] & in_x[:, None, None, :]
+    return x.masked_fill_(mask, 0.0)
+
+
+def mix_seed(*parts: int) -> int:
+    """A well-spread 63-bit seed from integers (seed, epoch, batch): no nearby collisions."""
+    return int(np.random.SeedSequence([int(p) & 0xFFFFFFFF for p in parts]).generate_state(1, np.uint64)[0]) >> 1
+
+
+class _EpochSetter:
+    """Found by Lightning as ``loader.sampler``; it calls ``set_epoch`` before each epoch."""
+
+    def __init__(self, loader: InMemoryLoader) -> None:
+        self._loader = loader
+
+    def set_epoch(self, epoch: int) -> None:
+        self._loader.set_epoch(epoch)
 
 
 class InMemoryLoader:
-    """Iterable of normalised float batches from uint8 images held in memory.
+    """Iterable of ``(float images normalised, int64 labels)`` batches from uint8 tensors.
 
-    Lightning accepts any iterable with ``__len__`` as a dataloader. The tensors move to
-    ``device`` on first iteration (the trainer's device is only known then).
+    Lightning accepts any iterable with ``__len__`` as a dataloader. ``images`` may live on
+    the CPU while ``device`` is a GPU (each uint8 batch is copied before augmentation), or
+    on ``device`` itself (the default of :class:`InMemoryDataModule`: no copies at all).
+    With ``num_replicas > 1`` (DDP) each rank takes every ``num_replicas``-th index of the
+    shared permutation, padded by wrapping so all ranks get the same number of samples (as
+    ``DistributedSampler`` does).
     """
 
     def __init__(
@@ -82,52 +128,112 @@ class InMemoryLoader:
         drop_last: bool = False,
         augment: BatchAugment | None = None,
         seed: int = 0,
+        device: torch.device | str | None = None,
+        num_replicas: int = 1,
+        rank: int = 0,
     ) -> None:
         if images.dtype != torch.uint8 or images.ndim != 4:
             raise ValueError(f"images must be uint8 (N, C, H, W), got {images.dtype} {tuple(images.shape)}")
+        if labels.shape != (images.shape[0],):
+            raise ValueError(f"labels must have shape ({images.shape[0]},), got {tuple(labels.shape)}")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if not 0 <= rank < num_replicas:
+            raise ValueError(f"rank {rank} outside 0..{num_replicas - 1}")
         self.images, self.labels = images, labels
         self.batch_size = batch_size
         self.shuffle, self.drop_last = shuffle, drop_last
         self.augment = augment or BatchAugment()
-        self.mean = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
-        self.std = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
-        self.seed = seed
+        self.seed = int(seed)
+        self.num_replicas, self.rank = num_replicas, rank
+        std_t = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
+        mean_t = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
+        # (x / 255 - mean) / std == x * scale - shift, fused into one pass over the batch.
+        self._scale = 1.0 / (255.0 * std_t)
+        self._offset = -mean_t / std_t
+        self.device = torch.device(device) if device is not None else images.device
+        self._move_stats()
         self.epoch = 0
-        self.device = torch.device("cpu")
+        self._current_epoch = 0
+        self._yielded = 0
+        self._resume: tuple[int, int] | None = None
+        self.sampler = _EpochSetter(self)
+
+    def _move_stats(self) -> None:
+        self._scale, self._offset = self._scale.to(self.device), self._offset.to(self.device)
 
     def to(self, device: torch.device | str) -> InMemoryLoader:
-        """Move the stored data (once) to ``device``."""
-        device = torch.device(device)
-        if device != self.images.device:
-            self.images = self.images.to(device)
-            self.labels = self.labels.to(device)
-        self.mean, self.std = self.mean.to(device), self.std.to(device)
-        self.device = device
+        """Hold the data on ``device`` and produce batches there."""
+        self.device = torch.device(device)
+        self.images, self.labels = self.images.to(self.device), self.labels.to(self.device)
+        self._move_stats()
         return self
 
-    def __len__(self) -> int:
+    @property
+    def num_samples(self) -> int:
+        """Samples this rank sees per epoch."""
         n = self.labels.numel()
+        return -(-n // self.num_replicas) if self.num_replicas > 1 else n
+
+    def __len__(self) -> int:
+        n = self.num_samples
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
     def set_epoch(self, epoch: int) -> None:
-        """Make shuffling and augmentation depend on (seed, epoch) only: resumable runs."""
-        self.epoch = epoch
+        """The next iteration is epoch ``epoch``: order and augmentation follow (seed, epoch)."""
+        self.epoch = int(epoch)
+
+    def state_dict(self) -> dict[str, int]:
+        """Where this epoch stands; saved by Lightning in checkpoints for mid-epoch resume."""
+        return {"epoch": self._current_epoch, "batches": self._yielded}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue epoch ``state['epoch']`` after its first ``state['batches']`` batches."""
+        self.epoch = int(state["epoch"])
+        self._resume = (int(state["epoch"]), int(state["batches"]))
+
+    def _order(self, epoch: int) -> torch.Tensor:
+        n, store = self.labels.numel(), self.labels.device
+        if self.shuffle:
+            gen = torch.Generator(device=store).manual_seed(mix_seed(self.seed, epoch))
+            order = torch.randperm(n, device=store, generator=gen)
+        else:
+            order = torch.arange(n, device=store)
+        if self.num_replicas > 1:
+            total = self.num_samples * self.num_replicas
+            if total > n:
+                order = torch.cat([order, order[: total - n]])
+            order = order[self.rank :: self.num_replicas]
+        return order
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        n = self.labels.numel()
-        gen = torch.Generator(device=self.images.device).manual_seed(self.seed * 100_003 + self.epoch)
-        order = torch.randperm(n, device=self.images.device, generator=gen) if self.shuffle else None
-        self.epoch += 1
-        for i in range(len(self)):
-            idx = slice(i * self.batch_size, (i + 1) * self.batch_size)
-            sel = order[idx] if order is not None else idx
-            x = self.images[sel].float().div_(255.0)
-            y = self.labels[sel]
-            if self.augment.pad:
-                x = random_crop(x, self.augment.pad, gen)
-            if self.augment.flip:
-                x = random_flip(x, gen)
-            x = (x - self.mean) / self.std
-            if self.augment.cutout:
-                x = cutout(x, self.augment.cutout, gen)
-            yield x, y
+        # A generator: nothing runs until the first next(), i.e. after Lightning's set_epoch.
+        epoch = self.epoch
+        self.epoch += 1  # plain `for epoch ...: for batch in loader` loops advance by themselves
+        start = 0
+        if self._resume is not None:
+            resume_epoch, done = self._resume
+            self._resume = None
+            if resume_epoch == epoch:
+                start = done
+        self._current_epoch, self._yielded = epoch, start
+        order = self._order(epoch)
+        copy = self.images.device != self.device
+        pin = copy and self.device.type == "cuda"
+        aug = self.augment
+        gen = torch.Generator(device=self.device) if aug.active else None
+        for b in range(start, len(self)):
+            index = order[b * self.batch_size : (b + 1) * self.batch_size]
+            x, y = self.images[index], self.labels[index]
+            if copy:
+                if pin:
+                    x, y = x.pin_memory(), y.pin_memory()
+                x, y = x.to(self.device, non_blocking=pin), y.to(self.device, non_blocking=pin)
+            if gen is not None:
+                gen.manual_seed(mix_seed(self.seed, epoch, b))
+                x = random_crop_flip(x, aug.pad, aug.flip, gen)
+            out = torch.addcmul(self._offset, x.to(torch.float32), self._scale)
+            if gen is not None and aug.cutout:
+                cutout(out, aug.cutout, gen)
+            self._yielded = b + 1
+            yield out, y

@@ -14,7 +14,13 @@ flips as augmentation on this set: a flip changes the class.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
+import lightning as L
 import torch
+
+from attnexp.errors import ConfigError
 
 SHAPES = ("disk", "square", "plus", "diamond", "ring")
 NUM_CLASSES = 2 * len(SHAPES)
@@ -102,3 +108,39 @@ def generate_splits(
         split: generate(n, seed * 1000 + offset, image_size)
         for offset, (split, n) in enumerate(sizes.items())
     }
+
+
+def build_synthetic(cfg: Mapping[str, Any]) -> L.LightningDataModule:
+    """``data=synthetic``: generated splits on the in-memory path (no flips: see above)."""
+    from attnexp.data.datamodule import STORAGE_CHOICES, InMemoryDataModule
+    from attnexp.data.memory import BatchAugment
+    from attnexp.data.options import get_choice, get_int
+
+    if cfg.get("flip", False):
+        raise ConfigError(
+            "data.flip=true is invalid for data=synthetic: a horizontal flip changes the class (left/right half)"
+        )
+    if cfg.get("num_classes") is not None and get_int(cfg, "num_classes", NUM_CLASSES) != NUM_CLASSES:
+        raise ConfigError(f"data.num_classes must be {NUM_CLASSES} for data=synthetic, got {cfg.get('num_classes')}")
+    sizes = {key: get_int(cfg, key, default, minimum=1) for key, default in (("num_train", 5000), ("num_val", 1000), ("num_test", 1000))}
+    batch_size = get_int(cfg, "batch_size", 128, minimum=1)
+    splits = generate_splits(
+        sizes["num_train"],
+        sizes["num_val"],
+        sizes["num_test"],
+        seed=get_int(cfg, "data_seed", 0),
+        image_size=get_int(cfg, "image_size", 32, minimum=8),
+    )
+    return InMemoryDataModule(
+        splits,
+        num_classes=NUM_CLASSES,
+        batch_size=batch_size,
+        eval_batch_size=get_int(cfg, "eval_batch_size", batch_size, minimum=1),
+        mean=(0.5, 0.5, 0.5),
+        std=(0.25, 0.25, 0.25),
+        augment=BatchAugment(pad=get_int(cfg, "pad", 2, minimum=0), flip=False, cutout=get_int(cfg, "cutout", 0, minimum=0)),
+        seed=get_int(cfg, "shuffle_seed", 0),
+        name="synthetic",
+        class_names=CLASS_NAMES,
+        storage=get_choice(cfg, "storage", "device", STORAGE_CHOICES),
+    )

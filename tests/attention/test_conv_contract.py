@@ -6,6 +6,8 @@ without editing this file.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
 import torch
 from torch import nn
@@ -22,8 +24,13 @@ CHANNELS = [(32, 32), (32, 64), (64, 64)]
 
 
 @pytest.fixture(autouse=True)
-def _seed() -> None:
+def _seed_and_one_thread() -> Iterator[None]:
+    # Tiny tensors: one intra-op thread is faster and does not stall on a busy shared core.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
     torch.manual_seed(0)
+    yield
+    torch.set_num_threads(threads)
 
 
 def test_registry_has_the_branch_family() -> None:
