@@ -51,24 +51,53 @@ def build_backbone(cfg: DictConfig) -> nn.Module:
     )
 
 
+#: Keys of the ``training`` config passed to :class:`ClassificationModule`.
+MODULE_TRAINING_KEYS = (
+    "label_smoothing",
+    "no_decay_bn_bias",
+    "channels_last",
+    "compile",
+    "base_batch_size",
+    "nonfinite_check_every",
+)
+#: Keys of the ``training`` config read elsewhere (trainer, this file).
+OTHER_TRAINING_KEYS = ("sync_bn",)
+
+
+def training_options(cfg: DictConfig) -> dict[str, Any]:
+    """The ``training`` node as a dict, with unknown keys refused (typos must not pass)."""
+    training = dict(to_dict(cfg.get("training")) or {})
+    unknown = sorted(set(training) - set(MODULE_TRAINING_KEYS) - set(OTHER_TRAINING_KEYS))
+    if unknown:
+        valid = ", ".join(MODULE_TRAINING_KEYS + OTHER_TRAINING_KEYS)
+        raise ConfigError(f"unknown training option(s) {', '.join(unknown)}; valid: {valid}")
+    return training
+
+
 def build_module(cfg: DictConfig, model: nn.Module, num_classes: int) -> L.LightningModule:
     from attnexp.training.module import ClassificationModule
 
-    training = to_dict(cfg.get("training")) or {}
+    training = training_options(cfg)
     return ClassificationModule(
         model,
         num_classes=num_classes,
         optimizer=instantiate(cfg.optimizer),
         scheduler=to_dict(cfg.scheduler),
-        **training,
+        batch_size=int(cfg.data.batch_size) if cfg.data.get("batch_size") is not None else None,
+        **{k: training[k] for k in MODULE_TRAINING_KEYS if k in training},
     )
 
 
 def build_callbacks(cfg: DictConfig) -> list[L.Callback]:
+    """Every ``callbacks.<name>`` node with a ``_target_``; ``enabled: false`` skips one."""
     callbacks = []
     for _, node in (cfg.get("callbacks") or {}).items():
-        if node is not None and "_target_" in node:
-            callbacks.append(instantiate(node))
+        if node is None or "_target_" not in node:
+            continue
+        options = dict(to_dict(node))
+        if not options.pop("enabled", True):
+            continue
+        callbacks.append(instantiate(options))
     return callbacks
 
 
@@ -80,6 +109,37 @@ def build_loggers(cfg: DictConfig) -> list[Any]:
     return loggers
 
 
+PRECISIONS = (
+    "32-true",
+    "32",
+    "bf16-mixed",
+    "16-mixed",
+    "bf16-true",
+    "16-true",
+    "64-true",
+    "transformer-engine",
+)
+
+
 def build_trainer(cfg: DictConfig, callbacks: list[L.Callback], loggers: list[Any]) -> L.Trainer:
+    """``lightning.Trainer`` from ``cfg.trainer`` plus atomic checkpoint writes, the run dir as
+    Lightning's root dir (SLURM auto-requeue checkpoints land there) and SyncBN."""
+    from attnexp.training.callbacks import ExactResume
+    from attnexp.training.checkpoint_io import AtomicCheckpointIO
+
     kwargs = dict(to_dict(cfg.trainer))
-    return L.Trainer(callbacks=callbacks, logger=loggers or False, **kwargs)
+    precision = str(kwargs.get("precision", "32-true"))
+    if precision not in PRECISIONS:
+        raise ConfigError(
+            f"unknown trainer.precision {precision!r}; valid: {', '.join(PRECISIONS)}"
+        )
+    training = training_options(cfg)
+    if training.get("sync_bn"):
+        # Lightning converts every BatchNorm with nn.SyncBatchNorm.convert_sync_batchnorm when
+        # the strategy is distributed; with one process it is a no-op.
+        kwargs["sync_batchnorm"] = True
+    kwargs.setdefault("default_root_dir", str(cfg.paths.output_dir))
+    plugins = list(kwargs.pop("plugins", None) or [])
+    plugins.append(AtomicCheckpointIO())
+    callbacks = [*callbacks, ExactResume()]
+    return L.Trainer(callbacks=callbacks, logger=loggers or False, plugins=plugins, **kwargs)

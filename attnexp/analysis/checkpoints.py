@@ -28,7 +28,15 @@ HYDRA_CONFIG = ".hydra/config.yaml"
 HYDRA_OVERRIDES = ".hydra/overrides.yaml"
 METRICS_FILE = "metrics.json"
 #: Override keys that say where or how verbosely a run ran, not what it is.
-_NOISE_PREFIXES = ("paths.", "hydra.", "+debug", "debug", "logger", "callbacks", "trainer.accelerator")
+_NOISE_PREFIXES = (
+    "paths.",
+    "hydra.",
+    "+debug",
+    "debug",
+    "logger",
+    "callbacks",
+    "trainer.accelerator",
+)
 
 
 @dataclass
@@ -60,10 +68,14 @@ def find_checkpoint(path: str | Path, which: str = "best") -> Path:
     p = Path(path).expanduser()
     if p.is_file():
         if p.suffix != ".ckpt":
-            raise ConfigError(f"{p} is not a Lightning checkpoint (.ckpt); pass a run dir or a .ckpt file")
+            raise ConfigError(
+                f"{p} is not a Lightning checkpoint (.ckpt); pass a run dir or a .ckpt file"
+            )
         return p
     if not p.exists():
-        raise ConfigError(f"checkpoint path {p} does not exist (expected a run dir or a .ckpt file)")
+        raise ConfigError(
+            f"checkpoint path {p} does not exist (expected a run dir or a .ckpt file)"
+        )
     folder = p if p.name == CHECKPOINT_DIR else p / CHECKPOINT_DIR
     best = sorted(folder.glob("best*.ckpt"), key=lambda f: (f.stat().st_mtime, f.name))
     last = folder / "last.ckpt"
@@ -117,11 +129,15 @@ def model_state(checkpoint: Path) -> dict[str, torch.Tensor]:
         raise ConfigError(f"{checkpoint} holds no state_dict")
     weights = {k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")}
     if not weights:
-        raise ConfigError(f"{checkpoint} has no 'model.*' weights (not a ClassificationModule checkpoint?)")
+        raise ConfigError(
+            f"{checkpoint} has no 'model.*' weights (not a ClassificationModule checkpoint?)"
+        )
     return weights
 
 
-def load_model(path: str | Path, which: str = "best", device: str | torch.device = "cpu") -> LoadedModel:
+def load_model(
+    path: str | Path, which: str = "best", device: str | torch.device = "cpu"
+) -> LoadedModel:
     """Rebuild the backbone of a run and load its trained weights (eval mode, on ``device``)."""
     from attnexp.builders import build_backbone
 
@@ -145,7 +161,9 @@ def load_model(path: str | Path, which: str = "best", device: str | torch.device
     return LoadedModel(model, cfg, run_dir, checkpoint, short_label(cfg))
 
 
-def load_models(paths: Sequence[str | Path], which: str = "best", device: str = "cpu") -> list[LoadedModel]:
+def load_models(
+    paths: Sequence[str | Path], which: str = "best", device: str = "cpu"
+) -> list[LoadedModel]:
     """Several checkpoints; labels are made unique by what differs between the runs."""
     loaded = [load_model(p, which, device) for p in paths]
     labels = setting_labels([m.run_dir for m in loaded if m.run_dir is not None])
@@ -175,7 +193,9 @@ def run_overrides(run_dir: Path) -> list[str]:
         return [str(o) for o in OmegaConf.load(path)]
     metrics = run_dir / METRICS_FILE
     if metrics.is_file():
-        return [str(o) for o in json.loads(metrics.read_text()).get("hydra", {}).get("overrides", [])]
+        return [
+            str(o) for o in json.loads(metrics.read_text()).get("hydra", {}).get("overrides", [])
+        ]
     return []
 
 
@@ -194,7 +214,11 @@ def _config_leaves(run_dir: Path) -> dict[str, str]:
         container = OmegaConf.to_container(cfg, resolve=False)
     except (ConfigError, ValueError):
         return {}
-    return {k: v for k, v in _flat(container).items() if not k.startswith(("paths.", "callbacks.", "logger."))}
+    return {
+        k: v
+        for k, v in _flat(container).items()
+        if not k.startswith(("paths.", "callbacks.", "logger."))
+    }
 
 
 def _differing(settings: dict[Path, dict[str, str]]) -> dict[Path, str]:
@@ -224,7 +248,7 @@ def setting_labels(run_dirs: Iterable[Path]) -> dict[Path, str]:
     }
     labels = _differing(overrides) if len(runs) > 1 else {}
     if len(runs) > 1 and all(labels.values()) and len(set(labels.values())) == len(runs):
-        return labels
+        return {r: _shorten(v) for r, v in labels.items()}
     if len(runs) > 1:
         labels = _differing({r: _config_leaves(r) for r in runs})
         if all(labels.values()) and len(set(labels.values())) == len(runs):

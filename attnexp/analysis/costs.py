@@ -75,7 +75,13 @@ _FREE = _ops(
     "constant_pad_nd", "pad", "reflection_pad2d", "replication_pad2d", "index", "gather",
     "repeat", "roll", "index_select", "flip", "split_with_sizes", "split", "unbind", "chunk",
     "tril", "triu", "_local_scalar_dense", "masked_fill", "contiguous", "im2col", "col2im",
-    "channel_shuffle", "pixel_shuffle", "pixel_unshuffle", "set_", "resize_",
+    "channel_shuffle", "pixel_shuffle", "pixel_unshuffle", "set_", "resize_", "_unsafe_view",
+    "_reshape_alias", "reshape", "alias", "expand", "view_copy", "expand_copy", "permute_copy",
+    "transpose_copy", "t_copy", "unsqueeze_copy", "squeeze_copy", "slice_copy", "select_copy",
+    "alias_copy", "unfold_copy", "as_strided_copy", "detach_copy", "_unsafe_split",
+    "unsafe_split", "unsafe_chunk", "narrow_copy", "diagonal_copy", "unbind_copy",
+    "split_copy", "split_with_sizes_copy", "view_as_real", "view_as_complex", "slice_scatter",
+    "select_scatter", "as_strided_scatter", "new_empty_strided", "_to_dense", "to_mkldnn",
 )  # fmt: skip
 # tensors created from nothing or only from another tensor's shape: never input-dependent
 _FACTORY = _ops(

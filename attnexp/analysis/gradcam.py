@@ -28,13 +28,17 @@ _STAGE = re.compile(r"layer(\d+)$")
 def default_target_layer(model: nn.Module) -> str:
     """Name of the last stage (``layerN``); for other models the last top-level child with
     a conv inside it."""
-    stages = [(int(m.group(1)), name) for name, _ in model.named_children() if (m := _STAGE.match(name))]
+    stages = [
+        (int(m.group(1)), name) for name, _ in model.named_children() if (m := _STAGE.match(name))
+    ]
     if stages:
         return max(stages)[1]
     for name, child in reversed(list(model.named_children())):
         if any(isinstance(m, nn.Conv2d) for m in child.modules()):
             return name
-    raise ConfigError("the model has no stage (layerN) or conv child to take Grad-CAM at; pass target_layer=<module name>")
+    raise ConfigError(
+        "the model has no stage (layerN) or conv child to take Grad-CAM at; pass target_layer=<module name>"
+    )
 
 
 def resolve_target_layer(model: nn.Module, name: str | None = None) -> tuple[str, nn.Module]:
@@ -70,7 +74,11 @@ def grad_cam(
     device = next(model.parameters()).device
     cam_targets = None if targets is None else [ClassifierOutputTarget(int(t)) for t in targets]
     try:
-        with torch.inference_mode(False), torch.enable_grad(), CAM_METHODS[method](model=model, target_layers=[layer]) as cam:
+        with (
+            torch.inference_mode(False),
+            torch.enable_grad(),
+            CAM_METHODS[method](model=model, target_layers=[layer]) as cam,
+        ):
             inp = x.detach().clone().to(device).requires_grad_(True)  # works for frozen weights too
             maps = cam(input_tensor=inp, targets=cam_targets)
     finally:

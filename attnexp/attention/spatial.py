@@ -79,7 +79,10 @@ class NonLocalBlock(AttentionModule):
     code). ``zero_init`` zero-initialises the BN scale after W_z so the block starts as the
     identity (paper section 4.1). ``scale`` divides the softmax logits by sqrt(d) as the
     official code does (``NONLOCAL.USE_SCALE = True`` there); the paper has no scaling, so
-    the default is False. Convs are initialised N(0, 0.01) with zero bias (official code).
+    the default is False. The embeddings and W_z are linear maps without bias, as in the
+    paper's equations; the official code adds biases, but phi's is cancelled by the softmax
+    and W_z's (and, for the softmax forms, g's) by the BN in training, so they would be
+    dead parameters. Weights are initialised N(0, 0.01) (official code).
     Memory is O((HW)^2) (O(HW^2/4) with ``subsample``). The BN follows PyTorch's rule: a
     batch of one 1x1 map cannot be normalised in training.
     """
@@ -109,19 +112,18 @@ class NonLocalBlock(AttentionModule):
             f"embedded_gaussian), not pairwise={self.pairwise!r}",
         )
         ci = self.inter_channels
-        self.g = nn.Conv2d(channels, ci, 1)
+        self.g = nn.Conv2d(channels, ci, 1, bias=False)
         if self.pairwise != "gaussian":
-            self.theta = nn.Conv2d(channels, ci, 1)
-            self.phi = nn.Conv2d(channels, ci, 1)
+            self.theta = nn.Conv2d(channels, ci, 1, bias=False)
+            self.phi = nn.Conv2d(channels, ci, 1, bias=False)
         if self.pairwise == "concatenation":
             # w_f of the paper, split into its theta half and its phi half.
             self.concat_weight = nn.Parameter(torch.empty(2, ci))
             nn.init.normal_(self.concat_weight, std=0.01)
-        self.w_z = nn.Conv2d(ci, channels, 1)
+        self.w_z = nn.Conv2d(ci, channels, 1, bias=False)
         self.bn = nn.BatchNorm2d(channels)
         for conv in (m for m in self.modules() if isinstance(m, nn.Conv2d)):
             nn.init.normal_(conv.weight, std=0.01)
-            nn.init.zeros_(conv.bias)
         if self.zero_init:
             nn.init.zeros_(self.bn.weight)
 
@@ -184,7 +186,9 @@ class GlobalContextBlock(AttentionModule):
     (the instance's ``has_residual`` is then False; the registry flag describes the default).
     ``zero_init_last`` zero-initialises the last conv (weight and bias), as the official code
     does for both fusions: the block starts as the identity with ``add``, and as x * 0.5 with
-    ``scale``. The attention conv uses Kaiming-normal fan-in init (official code).
+    ``scale``. The attention conv W_k has no bias (as eq. 3; the official conv's bias is a
+    constant under the softmax over positions, a dead parameter) and Kaiming-normal fan-in
+    init (official code).
 
     Small C: with C < 2/ratio the bottleneck has c = 1 channel, and a LayerNorm over a single
     value outputs its bias, so the transform no longer depends on the context (the default
@@ -213,9 +217,8 @@ class GlobalContextBlock(AttentionModule):
         self.has_residual = self.fusion == "add"
         self.hidden = max(int(channels * ratio), 1)
         if self.pooling == "att":
-            self.context_conv = nn.Conv2d(channels, 1, 1)
+            self.context_conv = nn.Conv2d(channels, 1, 1, bias=False)
             nn.init.kaiming_normal_(self.context_conv.weight, mode="fan_in", nonlinearity="relu")
-            nn.init.zeros_(self.context_conv.bias)
         self.transform = nn.Sequential(
             nn.Conv2d(channels, self.hidden, 1),
             nn.LayerNorm([self.hidden, 1, 1]),
@@ -267,7 +270,8 @@ class CrissCrossAttention(AttentionModule):
     implementation, which masks it with -inf in the vertical branch. ``recurrence`` applies
     the same module (shared weights) R times, R = 2 in the paper (RCCA), which lets every
     position reach every other. The segmentation head's convs around RCCA are not included.
-    Memory per image: O(HW (H + W)).
+    K has no bias: the official one adds q_u . b to every energy of u's softmax, which
+    cancels. Memory per image: O(HW (H + W)).
     """
 
     has_residual = True
@@ -278,7 +282,7 @@ class CrissCrossAttention(AttentionModule):
         self.reduction = _positive_int("reduction", reduction)
         qk = max(channels // self.reduction, 1)
         self.query = nn.Conv2d(channels, qk, 1)
-        self.key = nn.Conv2d(channels, qk, 1)
+        self.key = nn.Conv2d(channels, qk, 1, bias=False)
         self.value = nn.Conv2d(channels, channels, 1)
         self.gamma = nn.Parameter(torch.zeros(1))
 
@@ -333,7 +337,8 @@ class DualAttention(AttentionModule):
     two module outputs as the paper's fusion does, so the identity is counted twice and the
     module starts as 2x; ``mean`` halves the sum, so it starts as the identity (the same
     function family, alpha and beta rescaled). The segmentation head's 3x3 convs before and
-    after each branch are not part of the gate. Memory: O((HW)^2) for PAM, O(C^2) for CAM.
+    after each branch are not part of the gate. K has no bias (the official one is cancelled
+    by the softmax over keys). Memory: O((HW)^2) for PAM, O(C^2) for CAM.
     """
 
     has_residual = True
@@ -361,7 +366,7 @@ class DualAttention(AttentionModule):
         if self.use_position:
             qk = max(channels // self.reduction, 1)
             self.query = nn.Conv2d(channels, qk, 1)
-            self.key = nn.Conv2d(channels, qk, 1)
+            self.key = nn.Conv2d(channels, qk, 1, bias=False)
             self.value = nn.Conv2d(channels, channels, 1)
             self.alpha = nn.Parameter(torch.zeros(1))
         if self.use_channel:

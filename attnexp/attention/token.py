@@ -162,9 +162,11 @@ class ExternalAttention(AttentionModule):
       (eps 1e-9 as the official code);
     * ``softmax``: a single softmax over the S memory units (eq. 6, the paper's ablation).
 
-    The block is the official segmentation one: 1x1 conv in (with bias), EA, 1x1 conv out
-    (no bias) + BN, plus the identity when ``residual`` is True (default; then the module
-    carries its own residual and the registry flag says so). The official block also applies
+    The block is the official segmentation one: 1x1 conv in, EA, 1x1 conv out (no bias) +
+    BN, plus the identity when ``residual`` is True (default; then the module carries its
+    own residual and the registry flag says so). The conv in has a bias only with
+    ``norm='softmax'``: under the double normalisation the official bias only shifts each
+    memory unit's logits by a constant over positions, which the softmax cancels. The official block also applies
     a ReLU after the sum; that ReLU is left out so the gate can sit before a residual add
     (deviation, stated). Convs use the official N(0, sqrt(2 / fan_out)) init; the official
     code additionally makes M_v share storage with M_k^T, which is not reproduced (M_v is an
@@ -188,7 +190,7 @@ class ExternalAttention(AttentionModule):
         self.norm = _choice("norm", norm, ("double", "softmax"))
         self.residual = _flag("residual", residual)
         self.has_residual = self.residual
-        self.conv_in = nn.Conv2d(channels, channels, 1)
+        self.conv_in = nn.Conv2d(channels, channels, 1, bias=self.norm == "softmax")
         self.memory_key = nn.Conv2d(channels, self.memory_size, 1, bias=False)  # M_k
         self.memory_value = nn.Conv2d(self.memory_size, channels, 1, bias=False)  # M_v
         self.conv_out = nn.Conv2d(channels, channels, 1, bias=False)
@@ -233,14 +235,24 @@ class EfficientMHSA(AttentionModule):
     s+1, stride s, padding s//2, s = ``sr_ratio``) and a LayerNorm, so the attention is
     N x N/s^2. ``transform`` adds the paper's 1x1 conv across heads before the softmax and the
     instance norm (no affine) after it; as in the official code it is only active with more
-    than one head. q/k/v linears have a bias (the released ResT models use qkv_bias=True).
-    Positional encoding: none (ResT's PA lives in its patch embedding, not in EMSA).
+    than one head. Positional encoding: none (ResT's PA lives in its patch embedding).
+
+    Biases: the released ResT models use qkv_bias=True, but only the biases that can change
+    the output are created: q's always; v's and the LayerNorm's shift only without the
+    transform (with it, every row of the instance-normalised attention sums to exactly 0, so
+    anything added to all values cancels); never k's or the head conv's (a constant over the
+    softmax axis). The function is the official one; the parameter count is lower by those
+    dead biases (3C + heads at the defaults: k, v, LayerNorm shift, head conv).
 
     Residual: none. ResT wraps EMSA in a pre-norm transformer block, x + EMSA(LN(x)) followed
     by an MLP; inside a ResNet block the host block provides the residual, so this gate is
     EMSA alone (has_residual False). Init: truncated normal std 0.02, zero bias (official).
     The instance norm is written out (same formula as InstanceNorm2d) so that a single-
     element attention map (a 1x1 input) gives 0 instead of an error in training.
+
+    Exposed map ``position``: (B, heads, h', w') on the reduced key grid, the mean over
+    queries of the attention actually applied; with the transform that is the instance-
+    normalised map, so it is signed and has zero mean (not a distribution).
     """
 
     def __init__(
@@ -255,22 +267,25 @@ class EfficientMHSA(AttentionModule):
         self.sr_ratio = _positive_int("sr_ratio", sr_ratio)
         self.transform = _flag("transform", transform)
         self.head_dim = channels // self.heads
+        self.apply_transform = self.transform and self.heads > 1
         self.q = nn.Linear(channels, channels)
-        self.kv = nn.Linear(channels, 2 * channels)
+        self.kv = nn.Linear(channels, 2 * channels, bias=False)
+        if not self.apply_transform:
+            self.v_bias = nn.Parameter(torch.zeros(channels))
         self.proj = nn.Linear(channels, channels)
         if self.sr_ratio > 1:
             s = self.sr_ratio
             self.sr = nn.Conv2d(
                 channels, channels, s + 1, stride=s, padding=s // 2, groups=channels
             )
-            self.sr_norm = nn.LayerNorm(channels)
-        self.apply_transform = self.transform and self.heads > 1
+            self.sr_norm = nn.LayerNorm(channels, bias=not self.apply_transform)
         if self.apply_transform:
-            self.transform_conv = nn.Conv2d(self.heads, self.heads, 1)
+            self.transform_conv = nn.Conv2d(self.heads, self.heads, 1, bias=False)
         for m in self.modules():
             if isinstance(m, (nn.Linear, nn.Conv2d)):
                 nn.init.trunc_normal_(m.weight, std=0.02)
-                nn.init.zeros_(m.bias)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, h, w = x.shape
@@ -289,9 +304,10 @@ class EfficientMHSA(AttentionModule):
             kv_tokens = self.sr_norm(reduced.flatten(2).transpose(1, 2))
         else:
             grid, kv_tokens = (h, w), tokens
-        k, v = (
-            self.kv(kv_tokens).reshape(b, -1, 2, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        )
+        kv = self.kv(kv_tokens)
+        if not self.apply_transform:
+            kv = kv + torch.cat([kv.new_zeros(c), self.v_bias])
+        k, v = kv.reshape(b, -1, 2, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
         attn = torch.einsum("bnid,bnjd->bnij", q, k) * self.head_dim**-0.5
         if self.apply_transform:
             attn = self.transform_conv(attn).softmax(dim=-1)

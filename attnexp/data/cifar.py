@@ -117,17 +117,27 @@ def load_batches(folder: Path, variant: str) -> dict[str, tuple[torch.Tensor, to
                 )
             array = np.asarray(batch["data"], dtype=np.uint8)
             if array.ndim != 2 or array.shape[1] != 3 * 32 * 32:
-                raise ConfigError(f"{folder / name}: 'data' has shape {array.shape}, expected (N, 3072)")
+                raise ConfigError(
+                    f"{folder / name}: 'data' has shape {array.shape}, expected (N, 3072)"
+                )
             data.append(array.reshape(-1, 3, 32, 32))
             labels.extend(batch[spec["label_key"]])
         images = torch.from_numpy(np.concatenate(data))
         label_t = torch.tensor(labels, dtype=torch.int64)
         if label_t.numel() != images.shape[0]:
-            raise ConfigError(f"{folder}: {images.shape[0]} images but {label_t.numel()} labels in the {split} batches")
+            raise ConfigError(
+                f"{folder}: {images.shape[0]} images but {label_t.numel()} labels in the {split} batches"
+            )
         if label_t.numel() and (label_t.min() < 0 or label_t.max() >= spec["classes"]):
             raise ConfigError(f"{folder}: {split} labels outside 0..{spec['classes'] - 1}")
         if images.shape[0] != STANDARD_SIZES[split]:
-            log.warning("%s: %d %s images, not the standard %d", folder, images.shape[0], split, STANDARD_SIZES[split])
+            log.warning(
+                "%s: %d %s images, not the standard %d",
+                folder,
+                images.shape[0],
+                split,
+                STANDARD_SIZES[split],
+            )
         out[split] = (images, label_t)
     return out
 
@@ -150,7 +160,9 @@ def build_cifar(cfg: Mapping[str, Any]) -> L.LightningDataModule:
             log.info("downloading %s to %s", variant, root)
             try:
                 download(root, variant)
-            except Exception as err:  # offline, proxy, disk full, bad checksum: all fixable by the user
+            except (
+                Exception
+            ) as err:  # offline, proxy, disk full, bad checksum: all fixable by the user
                 raise ConfigError(
                     f"{variant} is not under data.root={str(root)!r} (looked for {root.resolve() / spec['folder']}) "
                     f"and downloading it failed ({type(err).__name__}: {err}). Without internet, copy an "
@@ -167,14 +179,21 @@ def build_cifar(cfg: Mapping[str, Any]) -> L.LightningDataModule:
     if get_int(cfg, "image_size", 32) != 32:
         raise ConfigError(f"data.image_size must be 32 for {variant} (its images are 32x32)")
     num_classes = spec["classes"]
-    if cfg.get("num_classes") is not None and get_int(cfg, "num_classes", num_classes) != num_classes:
-        raise ConfigError(f"data.num_classes must be {num_classes} for {variant}, got {cfg.get('num_classes')}")
+    if (
+        cfg.get("num_classes") is not None
+        and get_int(cfg, "num_classes", num_classes) != num_classes
+    ):
+        raise ConfigError(
+            f"data.num_classes must be {num_classes} for {variant}, got {cfg.get('num_classes')}"
+        )
 
     splits = load_batches(folder, variant)
     val_size = get_int(cfg, "val_size", 0, minimum=0)
     if val_size:
         images, labels = splits["train"]
-        train_idx, val_idx = holdout(labels.numel(), val_size, get_int(cfg, "split_seed", 0), f"{variant} train")
+        train_idx, val_idx = holdout(
+            labels.numel(), val_size, get_int(cfg, "split_seed", 0), f"{variant} train"
+        )
         splits["val"] = (images[val_idx], labels[val_idx])
         splits["train"] = (images[train_idx], labels[train_idx])
     else:

@@ -49,7 +49,9 @@ class InMemoryDataModule(L.LightningDataModule):
         self.augment = augment
         self.seed = seed
         self.name = name
-        self.class_names = tuple(class_names) if class_names else tuple(str(i) for i in range(num_classes))
+        self.class_names = (
+            tuple(class_names) if class_names else tuple(str(i) for i in range(num_classes))
+        )
         self.storage = storage
         self.drop_last = drop_last
         self.skipped_files: list[str] = []
@@ -77,7 +79,9 @@ class InMemoryDataModule(L.LightningDataModule):
 
     def _loader(self, split: str) -> InMemoryLoader:
         if split not in self.splits:
-            raise KeyError(f"dataset {self.name!r} has no {split!r} split; it has {sorted(self.splits)}")
+            raise KeyError(
+                f"dataset {self.name!r} has no {split!r} split; it has {sorted(self.splits)}"
+            )
         device, world, rank = self._placement()
         current = self._loaders.get(split)
         if current is None or current.device != device or current.num_replicas != world:

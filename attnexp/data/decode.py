@@ -1,19 +1,21 @@
 """Decoding one image file to an RGB uint8 tensor (3, H, W), and resizing it.
 
-Decoder choice, measured here with ``scripts/bench_data.py --decode`` on one CPU thread
-(2-core shared machine, other jobs running; see docs/data.md for the full table):
+Decoder choice, measured with ``scripts/bench_data.py --only decode`` on one CPU thread of
+this project's 2-core machine while other jobs ran (load average ~12; the two decoders
+alternate within one run so both see the same load; see docs/data.md):
 
-=============================================  ================  ===========
-images                                          torchvision.io    PIL
-=============================================  ================  ===========
-CIFAR-10 JPEGs, 32x32 (2,000 real files)        ~10,000 img/s     ~5,000 img/s
-the same re-encoded at 500x375, quality 90      ~1,200 img/s      ~900 img/s
-=============================================  ================  ===========
+=============================================  ===============  ============  =====
+images                                          torchvision.io   PIL           ratio
+=============================================  ===============  ============  =====
+2,000 real CIFAR-10 JPEGs, 32x32                4,638 img/s      2,471 img/s   1.9x
+200 of them re-encoded at 500x375, quality 90   580 img/s        319 img/s     1.8x
+=============================================  ===============  ============  =====
 
-So JPEG, PNG, WebP and GIF go through ``torchvision.io.decode_image`` (about 2x faster on
-small files, where PIL's per-file Python overhead dominates, 1.3x on ImageNet-sized ones);
-other formats (BMP, TIFF, ...) and anything torchvision rejects are retried with PIL, and
-only a file that both refuse is reported as corrupt.
+(A first, quieter measurement gave ~10,000 vs ~5,000 and ~1,200 vs ~900 img/s.) So JPEG,
+PNG, WebP and GIF go through ``torchvision.io.decode_image``; other formats (BMP, TIFF, ...)
+and anything torchvision rejects are retried with PIL, and only a file that both refuse is
+reported as corrupt. torchvision deprecated these decoders in 0.29 (TorchCodec replaces
+them): the deprecation warning is silenced and PIL takes over if they disappear.
 
 Colour conversion follows torchvision's ``ImageFolder`` loader (``PIL.Image.convert("RGB")``)
 so that numbers compare with code that uses it: grayscale is replicated to three channels,
@@ -23,17 +25,38 @@ composited). 16-bit images are scaled to 8 bits.
 
 from __future__ import annotations
 
+import re
+import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
-from torchvision.io import ImageReadMode, decode_image
 from torchvision.transforms.v2 import functional as TF
+
+try:  # deprecated since torchvision 0.29 in favour of torchcodec; PIL covers its removal
+    from torchvision.io import ImageReadMode, decode_image
+
+    warnings.filterwarnings(
+        "ignore", message="The image decoding and encoding capabilities of TorchVision"
+    )
+except ImportError:  # pragma: no cover - future torchvision
+    decode_image = None  # type: ignore[assignment]
 
 #: Extensions torchvision decodes natively; others go straight to PIL.
 TORCHVISION_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".gif"})
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp", ".gif")
+IMAGE_EXTENSIONS = (
+    ".jpg",
+    ".jpeg",
+    ".png",
+    ".bmp",
+    ".ppm",
+    ".pgm",
+    ".tif",
+    ".tiff",
+    ".webp",
+    ".gif",
+)
 
 
 class CorruptImageError(Exception):
@@ -45,12 +68,17 @@ class CorruptImageError(Exception):
         self.reason = reason
 
 
+def _short(err: Exception) -> str:
+    """The readable part of a torchvision C++ error ("decode_jpeg, <file>.cpp:171, msg")."""
+    lines = str(err).strip().splitlines()
+    last = lines[-1] if lines else type(err).__name__
+    return re.split(r"\.cpp:\d+, ", last)[-1]
+
+
 def _to_uint8_rgb(img: torch.Tensor) -> torch.Tensor:
     if img.dtype != torch.uint8:  # 16-bit PNGs
         img = TF.to_dtype(img, torch.uint8, scale=True)
-    if img.shape[0] == 1:
-        img = img.expand(3, -1, -1)
-    return img[:3].contiguous()
+    return img  # ImageReadMode.RGB: always 3 channels
 
 
 def _decode_pil(path: Path) -> torch.Tensor:
@@ -68,22 +96,29 @@ def decode_rgb(path: Path | str) -> torch.Tensor:
     """Decode ``path`` to a uint8 (3, H, W) RGB tensor, or raise :class:`CorruptImageError`."""
     path = Path(path)
     first_error = ""
-    if path.suffix.lower() in TORCHVISION_EXTENSIONS:
+    if decode_image is not None and path.suffix.lower() in TORCHVISION_EXTENSIONS:
         try:
-            data = path.read_bytes()
+            with open(path, "rb") as f:
+                data = bytearray(f.read())  # plain Python read: faster than torchvision's read_file
         except OSError as err:
             raise CorruptImageError(path, f"cannot read file ({err})") from err
         if not data:
             raise CorruptImageError(path, "empty file")
         try:
-            raw = torch.frombuffer(bytearray(data), dtype=torch.uint8)
-            return _to_uint8_rgb(decode_image(raw, mode=ImageReadMode.RGB))
+            return _to_uint8_rgb(
+                decode_image(torch.frombuffer(data, dtype=torch.uint8), mode=ImageReadMode.RGB)
+            )
         except (RuntimeError, ValueError) as err:
-            lines = str(err).strip().splitlines()
-            first_error = lines[-1] if lines else type(err).__name__
+            first_error = _short(err)
     try:
         return _decode_pil(path)
-    except (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
+    except (
+        OSError,
+        UnidentifiedImageError,
+        ValueError,
+        SyntaxError,
+        Image.DecompressionBombError,
+    ) as err:
         reason = f"{err}" + (f" (torchvision: {first_error})" if first_error else "")
         raise CorruptImageError(path, reason) from err
 

@@ -52,7 +52,12 @@ class FileList:
         return len(self.paths)
 
     def subset(self, indices: Sequence[int]) -> FileList:
-        return FileList(self.root, [self.paths[i] for i in indices], [self.labels[i] for i in indices], self.classes)
+        return FileList(
+            self.root,
+            [self.paths[i] for i in indices],
+            [self.labels[i] for i in indices],
+            self.classes,
+        )
 
 
 @dataclass
@@ -95,7 +100,9 @@ def list_images(split_dir: Path, classes: Sequence[str] | None = None) -> FileLi
             if loose
             else ""
         )
-        raise ConfigError(f"dataset folder {split_dir} has no class sub-folders (<class>/<image> expected).{hint}")
+        raise ConfigError(
+            f"dataset folder {split_dir} has no class sub-folders (<class>/<image> expected).{hint}"
+        )
     names = list(classes) if classes is not None else found
     unknown = sorted(set(found) - set(names))
     if unknown:
@@ -120,7 +127,9 @@ def list_images(split_dir: Path, classes: Sequence[str] | None = None) -> FileLi
 
 def cache_key(files: FileList, image_size: int) -> str:
     """Changes when any file is added, removed, renamed, rewritten or touched."""
-    h = hashlib.sha1(f"{CACHE_VERSION}:{image_size}:{files.root.resolve()}:{files.classes}".encode())
+    h = hashlib.sha1(
+        f"{CACHE_VERSION}:{image_size}:{files.root.resolve()}:{files.classes}".encode()
+    )
     for path, label in zip(files.paths, files.labels):
         st = os.stat(path)
         h.update(f"{path}:{label}:{st.st_size}:{st.st_mtime_ns}\n".encode())
@@ -145,11 +154,20 @@ def decode_files(files: FileList, image_size: int, skip_corrupt: bool = False) -
             continue
         keep.append(i)
     if not keep:
-        raise ConfigError(f"no readable images in {files.root} ({len(skipped)} corrupt files skipped)")
+        raise ConfigError(
+            f"no readable images in {files.root} ({len(skipped)} corrupt files skipped)"
+        )
     if skipped:
-        log.warning("skipped %d corrupt images in %s (data.skip_corrupt=true): %s", len(skipped), files.root, skipped[:5])
+        log.warning(
+            "skipped %d corrupt images in %s (data.skip_corrupt=true): %s",
+            len(skipped),
+            files.root,
+            skipped[:5],
+        )
     labels = torch.tensor([files.labels[i] for i in keep], dtype=torch.int64)
-    return FolderSplit(images[: len(keep)].clone() if skipped else images, labels, files.classes, skipped)
+    return FolderSplit(
+        images[: len(keep)].clone() if skipped else images, labels, files.classes, skipped
+    )
 
 
 def default_cache_dir(root: Path) -> Path:
@@ -169,24 +187,38 @@ def load_split(
     if cache_dir is None:
         return decode_files(files, image_size, skip_corrupt)
     key = cache_key(files, image_size)
-    cache_file = cache_dir / f"{files.root.name}-{image_size}px-{key}{'-skip' if skip_corrupt else ''}.pt"
+    cache_file = (
+        cache_dir / f"{files.root.name}-{image_size}px-{key}{'-skip' if skip_corrupt else ''}.pt"
+    )
     if cache_file.exists():
         try:
             blob = torch.load(cache_file, weights_only=True)
-            return FolderSplit(blob["images"], blob["labels"], list(blob["classes"]), list(blob["skipped"]))
+            return FolderSplit(
+                blob["images"], blob["labels"], list(blob["classes"]), list(blob["skipped"])
+            )
         except Exception as err:  # a partial or foreign file: decode again and overwrite it
             log.warning("ignoring unreadable cache file %s (%s)", cache_file, err)
     log.info("decoding %d images from %s (cached in %s)", len(files), files.root, cache_dir)
     split = decode_files(files, image_size, skip_corrupt)
+    tmp = None
     try:
         cache_dir.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=cache_dir, suffix=".tmp")
         os.close(fd)
-        blob = {"images": split.images, "labels": split.labels, "classes": split.classes, "skipped": split.skipped}
+        blob = {
+            "images": split.images,
+            "labels": split.labels,
+            "classes": split.classes,
+            "skipped": split.skipped,
+        }
         torch.save(blob, tmp)
         os.replace(tmp, cache_file)  # atomic: concurrent runs never read a half-written cache
-    except OSError as err:
-        log.warning("could not write the decode cache %s (%s); continuing without it", cache_file, err)
+    except (OSError, RuntimeError) as err:  # read-only or full disk: the run goes on uncached
+        log.warning(
+            "could not write the decode cache %s (%s); continuing without it", cache_file, err
+        )
+        if tmp is not None and os.path.exists(tmp):
+            os.unlink(tmp)
     return split
 
 
@@ -207,7 +239,9 @@ def channel_stats(images: torch.Tensor, chunk: int = 4096) -> tuple[list[float],
 def holdout(n: int, val_size: int, seed: int, what: str) -> tuple[torch.Tensor, torch.Tensor]:
     """Indices (train, val) of a fixed random hold-out of ``val_size`` from ``n`` samples."""
     if not 0 < val_size < n:
-        raise ConfigError(f"data.val_size={val_size} must be between 1 and {n - 1} ({what} has {n} images)")
+        raise ConfigError(
+            f"data.val_size={val_size} must be between 1 and {n - 1} ({what} has {n} images)"
+        )
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
     return perm[val_size:].sort().values, perm[:val_size].sort().values
 
@@ -225,7 +259,9 @@ def check_num_classes(cfg: Mapping[str, Any], found: int, where: Path) -> int:
 def _root(cfg: Mapping[str, Any]) -> Path:
     root = get_path(cfg, "root")
     if not root.is_dir():
-        splits = ", ".join(f"{cfg.get(k)}/" for k in ("train_split", "val_split", "test_split") if cfg.get(k))
+        splits = ", ".join(
+            f"{cfg.get(k)}/" for k in ("train_split", "val_split", "test_split") if cfg.get(k)
+        )
         raise ConfigError(
             f"data.root {str(root)!r} does not exist (looked in {root.resolve()}); point data.root at the "
             f"folder holding {splits or 'train/ and test/'} each with one sub-folder per class, "
@@ -234,7 +270,9 @@ def _root(cfg: Mapping[str, Any]) -> Path:
     return root
 
 
-def _stats(cfg: Mapping[str, Any], recipe: str, estimate: Any) -> tuple[tuple[float, ...], tuple[float, ...]]:
+def _stats(
+    cfg: Mapping[str, Any], recipe: str, estimate: Any
+) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """``data.mean``/``data.std``; null = ImageNet's (imagenet recipe) or estimated from train."""
     if cfg.get("mean") is not None and cfg.get("std") is not None:
         return get_triple(cfg, "mean", IMAGENET_MEAN), get_triple(cfg, "std", IMAGENET_STD)
@@ -245,7 +283,9 @@ def _stats(cfg: Mapping[str, Any], recipe: str, estimate: Any) -> tuple[tuple[fl
     return get_triple(cfg, "mean", base_mean), get_triple(cfg, "std", base_std)
 
 
-def build_imagefolder(cfg: Mapping[str, Any], recipe_default: str = "cifar", in_memory_default: str = "auto") -> L.LightningDataModule:
+def build_imagefolder(
+    cfg: Mapping[str, Any], recipe_default: str = "cifar", in_memory_default: str = "auto"
+) -> L.LightningDataModule:
     """``data=imagefolder`` (and ``data=imagenet``, which fixes the recipe and streams)."""
     from attnexp.data.datamodule import STORAGE_CHOICES, InMemoryDataModule
     from attnexp.data.memory import BatchAugment
@@ -272,20 +312,31 @@ def build_imagefolder(cfg: Mapping[str, Any], recipe_default: str = "cifar", in_
     test_dir = str(cfg.get("test_split") or "test")
     val_dir = cfg.get("val_split")
     if val_dir and val_size:
-        raise ConfigError(f"set either data.val_split ({val_dir}) or data.val_size ({val_size}), not both")
+        raise ConfigError(
+            f"set either data.val_split ({val_dir}) or data.val_size ({val_size}), not both"
+        )
     files = {"train": list_images(root / train_dir)}
     classes = files["train"].classes
     num_classes = check_num_classes(cfg, len(classes), root / train_dir)
     files["test"] = list_images(root / test_dir, classes)
-    if val_dir:
-        files["val"] = list_images(root / str(val_dir), classes)
+    if val_dir:  # ImageNet: val_split == test_split, listed (and decoded) once
+        files["val"] = (
+            files["test"] if str(val_dir) == test_dir else list_images(root / str(val_dir), classes)
+        )
 
-    count = sum(len(f) for split, f in files.items())
+    count = sum(len(f) for f in {id(f): f for f in files.values()}.values())
     decoded_gb = count * 3 * size * size / 1e9
     in_memory = mode == "true" or (mode == "auto" and recipe == "cifar" and decoded_gb <= limit_gb)
     log.info(
         "%s: %d images, %.2f GB decoded at %dpx -> %s (in_memory=%s, memory_limit_gb=%g, recipe=%s)",
-        name, count, decoded_gb, size, "in memory" if in_memory else "streaming", mode, limit_gb, recipe,
+        name,
+        count,
+        decoded_gb,
+        size,
+        "in memory" if in_memory else "streaming",
+        mode,
+        limit_gb,
+        recipe,
     )
     augment = BatchAugment(
         pad=get_int(cfg, "pad", 4, minimum=0),
@@ -297,10 +348,14 @@ def build_imagefolder(cfg: Mapping[str, Any], recipe_default: str = "cifar", in_
         from attnexp.data.streaming import StreamingDataModule, estimate_stats
 
         if val_size:
-            train_idx, val_idx = holdout(len(files["train"]), val_size, split_seed, str(root / train_dir))
+            train_idx, val_idx = holdout(
+                len(files["train"]), val_size, split_seed, str(root / train_dir)
+            )
             files["val"] = files["train"].subset(val_idx.tolist())
             files["train"] = files["train"].subset(train_idx.tolist())
-        mean, std = _stats(cfg, recipe, lambda: estimate_stats(files["train"], size, seed=split_seed))
+        mean, std = _stats(
+            cfg, recipe, lambda: estimate_stats(files["train"], size, seed=split_seed)
+        )
         return StreamingDataModule(
             files,
             num_classes=num_classes,
@@ -321,15 +376,20 @@ def build_imagefolder(cfg: Mapping[str, Any], recipe_default: str = "cifar", in_
         )
 
     cache = cfg.get("cache_dir")
-    cache_dir = Path(os.path.expandvars(str(cache))).expanduser() if cache else default_cache_dir(root)
-    decoded = {split: load_split(f, size, cache_dir, skip) for split, f in files.items()}
+    cache_dir = (
+        Path(os.path.expandvars(str(cache))).expanduser() if cache else default_cache_dir(root)
+    )
+    unique = {id(f): load_split(f, size, cache_dir, skip) for f in files.values()}
+    decoded = {split: unique[id(f)] for split, f in files.items()}
     splits = {split: (d.images, d.labels) for split, d in decoded.items()}
     if val_size:
         train_images, train_labels = splits["train"]
         train_idx, val_idx = holdout(len(train_labels), val_size, split_seed, str(root / train_dir))
         splits["val"] = (train_images[val_idx], train_labels[val_idx])
         splits["train"] = (train_images[train_idx], train_labels[train_idx])
-    splits.setdefault("val", splits["test"])  # no val folder or hold-out: validate on test (documented)
+    splits.setdefault(
+        "val", splits["test"]
+    )  # no val folder or hold-out: validate on test (documented)
     mean, std = _stats(cfg, recipe, lambda: channel_stats(splits["train"][0]))
     dm = InMemoryDataModule(
         splits,
@@ -344,7 +404,7 @@ def build_imagefolder(cfg: Mapping[str, Any], recipe_default: str = "cifar", in_
         class_names=classes,
         storage=get_choice(cfg, "storage", "device", STORAGE_CHOICES),
     )
-    dm.skipped_files = [path for d in decoded.values() for path in d.skipped]
+    dm.skipped_files = [path for d in unique.values() for path in d.skipped]
     return dm
 
 

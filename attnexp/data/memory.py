@@ -8,7 +8,7 @@ uint8 data, one fused multiply-subtract converts to normalised float, and cutout
 broadcast mask.
 
 Randomness comes only from (seed, epoch, batch index): the shuffle from (seed, epoch), the
-augmentation of batch b from (seed, epoch, b). So an epoch is the same whether or not the
+augmentation of batch b from (seed, epoch, b, rank). So an epoch is the same whether or not the
 run was interrupted, and the loader resumes mid-epoch exactly from its ``state_dict``
 (Lightning saves it in checkpoints because the loader implements the ``state_dict`` /
 ``load_state_dict`` protocol). Streams differ between CPU and CUDA generators: a run is
@@ -36,7 +36,9 @@ class BatchAugment:
 
     def __post_init__(self) -> None:
         if self.pad < 0 or self.cutout < 0:
-            raise ValueError(f"pad and cutout must be >= 0, got pad={self.pad}, cutout={self.cutout}")
+            raise ValueError(
+                f"pad and cutout must be >= 0, got pad={self.pad}, cutout={self.cutout}"
+            )
 
     @property
     def active(self) -> bool:
@@ -93,11 +95,18 @@ def cutout(x: torch.Tensor, size: int, generator: torch.Generator | None = None)
 
 def mix_seed(*parts: int) -> int:
     """A well-spread 63-bit seed from integers (seed, epoch, batch): no nearby collisions."""
-    return int(np.random.SeedSequence([int(p) & 0xFFFFFFFF for p in parts]).generate_state(1, np.uint64)[0]) >> 1
+    return (
+        int(
+            np.random.SeedSequence([int(p) & 0xFFFFFFFF for p in parts]).generate_state(
+                1, np.uint64
+            )[0]
+        )
+        >> 1
+    )
 
 
 class _EpochSetter:
-    """Found by Lightning as ``loader.sampler``; it calls ``set_epoch`` before each epoch."""
+    """Found by Lightning as ``loader.sampler``: its fit loop calls ``set_epoch`` on it."""
 
     def __init__(self, loader: InMemoryLoader) -> None:
         self._loader = loader
@@ -133,9 +142,13 @@ class InMemoryLoader:
         rank: int = 0,
     ) -> None:
         if images.dtype != torch.uint8 or images.ndim != 4:
-            raise ValueError(f"images must be uint8 (N, C, H, W), got {images.dtype} {tuple(images.shape)}")
+            raise ValueError(
+                f"images must be uint8 (N, C, H, W), got {images.dtype} {tuple(images.shape)}"
+            )
         if labels.shape != (images.shape[0],):
-            raise ValueError(f"labels must have shape ({images.shape[0]},), got {tuple(labels.shape)}")
+            raise ValueError(
+                f"labels must have shape ({images.shape[0]},), got {tuple(labels.shape)}"
+            )
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if not 0 <= rank < num_replicas:
@@ -157,7 +170,8 @@ class InMemoryLoader:
         self._current_epoch = 0
         self._yielded = 0
         self._resume: tuple[int, int] | None = None
-        self.sampler = _EpochSetter(self)
+        if shuffle:  # only then: Lightning reads a `sampler` of eval loaders as "shuffled"
+            self.sampler = _EpochSetter(self)
 
     def _move_stats(self) -> None:
         self._scale, self._offset = self._scale.to(self.device), self._offset.to(self.device)
@@ -230,7 +244,7 @@ class InMemoryLoader:
                     x, y = x.pin_memory(), y.pin_memory()
                 x, y = x.to(self.device, non_blocking=pin), y.to(self.device, non_blocking=pin)
             if gen is not None:
-                gen.manual_seed(mix_seed(self.seed, epoch, b))
+                gen.manual_seed(mix_seed(self.seed, epoch, b, self.rank))
                 x = random_crop_flip(x, aug.pad, aug.flip, gen)
             out = torch.addcmul(self._offset, x.to(torch.float32), self._scale)
             if gen is not None and aug.cutout:

@@ -15,7 +15,9 @@ from typing import Any
 from attnexp.errors import ConfigError, choices_error
 
 
-def get_int(cfg: Mapping[str, Any], key: str, default: int | None, minimum: int | None = None) -> int:
+def get_int(
+    cfg: Mapping[str, Any], key: str, default: int | None, minimum: int | None = None
+) -> int:
     value = cfg.get(key, default)
     if value is None and default is not None:
         value = default
@@ -32,7 +34,9 @@ def get_int(cfg: Mapping[str, Any], key: str, default: int | None, minimum: int 
     return number
 
 
-def get_float(cfg: Mapping[str, Any], key: str, default: float, minimum: float | None = None) -> float:
+def get_float(
+    cfg: Mapping[str, Any], key: str, default: float, minimum: float | None = None
+) -> float:
     value = cfg.get(key, default)
     value = default if value is None else value
     try:
@@ -62,13 +66,17 @@ def get_choice(cfg: Mapping[str, Any], key: str, default: str, choices: Sequence
     return str(value)
 
 
-def get_triple(cfg: Mapping[str, Any], key: str, default: Sequence[float]) -> tuple[float, float, float]:
+def get_triple(
+    cfg: Mapping[str, Any], key: str, default: Sequence[float]
+) -> tuple[float, float, float]:
     """Per-channel statistics (mean/std); ``null`` means ``default``."""
     value = cfg.get(key)
     if value is None:
         return tuple(float(v) for v in default)  # type: ignore[return-value]
     if isinstance(value, str) or not isinstance(value, Sequence) or len(value) != 3:
-        raise ConfigError(f"data.{key} must be a list of 3 numbers (R, G, B) or null, got {value!r}")
+        raise ConfigError(
+            f"data.{key} must be a list of 3 numbers (R, G, B) or null, got {value!r}"
+        )
     triple = tuple(float(v) for v in value)
     if key == "std" and min(triple) <= 0:
         raise ConfigError(f"data.std must be positive, got {list(triple)}")
@@ -78,7 +86,9 @@ def get_triple(cfg: Mapping[str, Any], key: str, default: Sequence[float]) -> tu
 def get_path(cfg: Mapping[str, Any], key: str) -> Path:
     value = cfg.get(key)
     if value is None or str(value).strip() == "":
-        raise ConfigError(f"data.{key} is not set; give the dataset folder, e.g. data.{key}=/path/to/data")
+        raise ConfigError(
+            f"data.{key} is not set; give the dataset folder, e.g. data.{key}=/path/to/data"
+        )
     return Path(os.path.expandvars(str(value))).expanduser()
 
 

@@ -60,7 +60,9 @@ def build_transforms(
     """Per-sample (train, eval) transforms on uint8 (3, H, W) tensors."""
     flip = [v2.RandomHorizontalFlip()] if augment.flip else []
     if recipe == "imagenet":
-        train = v2.Compose([v2.RandomResizedCrop(image_size, scale=rrc_scale, antialias=True), *flip])
+        train = v2.Compose(
+            [v2.RandomResizedCrop(image_size, scale=rrc_scale, antialias=True), *flip]
+        )
         evaluate = v2.Compose([v2.Resize(resize_size, antialias=True), v2.CenterCrop(image_size)])
         return train, evaluate
     crop = [v2.RandomCrop(image_size, padding=augment.pad)] if augment.pad else []
@@ -119,7 +121,9 @@ class NormalizeCollate:
         self.offset = -torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1) / std_t
         self.cutout_size = cutout_size
 
-    def __call__(self, samples: list[tuple[torch.Tensor, int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    def __call__(
+        self, samples: list[tuple[torch.Tensor, int]]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         images = torch.stack([img for img, _ in samples])
         labels = torch.tensor([label for _, label in samples], dtype=torch.int64)
         out = torch.addcmul(self.offset, images.to(torch.float32), self.scale)
@@ -157,7 +161,9 @@ def estimate_stats(
     """Per-channel mean/std in [0, 1] from a fixed random sample of ``count`` images."""
     from attnexp.data.folder import channel_stats
 
-    pick = torch.randperm(len(files), generator=torch.Generator().manual_seed(seed))[:count].tolist()
+    pick = torch.randperm(len(files), generator=torch.Generator().manual_seed(seed))[
+        :count
+    ].tolist()
     images = []
     for i in pick:
         try:
@@ -214,7 +220,9 @@ class StreamingDataModule(L.LightningDataModule):
         for split, split_files in files.items():
             if split == "val" and split_files is files["test"]:
                 continue
-            self.datasets[split] = FolderDataset(split_files, train_tf if split == "train" else eval_tf, skip_corrupt)
+            self.datasets[split] = FolderDataset(
+                split_files, train_tf if split == "train" else eval_tf, skip_corrupt
+            )
         if "val" not in self.datasets:
             self.datasets["val"] = self.datasets["test"]
         self.train_collate = NormalizeCollate(self.mean, self.std, augment.cutout)
@@ -245,7 +253,8 @@ class StreamingDataModule(L.LightningDataModule):
             self._loaders[split] = DataLoader(
                 dataset,
                 batch_size=self.batch_size if train else self.eval_batch_size,
-                sampler=EpochSampler(len(dataset), self.seed, shuffle=train),
+                # eval: the default sequential sampler (Lightning reads any other as shuffled)
+                sampler=EpochSampler(len(dataset), self.seed) if train else None,
                 num_workers=workers,
                 collate_fn=self.train_collate if train else self.eval_collate,
                 pin_memory=self._pin(),
@@ -269,7 +278,9 @@ class StreamingDataModule(L.LightningDataModule):
         if skipped:
             log.warning(
                 "%s: skipped %d corrupt images so far (data.skip_corrupt=true), e.g. %s",
-                self.name, len(skipped), skipped[:5],
+                self.name,
+                len(skipped),
+                skipped[:5],
             )
 
 

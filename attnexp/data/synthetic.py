@@ -27,7 +27,9 @@ NUM_CLASSES = 2 * len(SHAPES)
 CLASS_NAMES = tuple(f"{shape}_{side}" for shape in SHAPES for side in ("left", "right"))
 
 
-def _shape_masks(kind: torch.Tensor, dx: torch.Tensor, dy: torch.Tensor, size: torch.Tensor) -> torch.Tensor:
+def _shape_masks(
+    kind: torch.Tensor, dx: torch.Tensor, dy: torch.Tensor, size: torch.Tensor
+) -> torch.Tensor:
     """Soft-edged masks (N, H, W) of shape ``kind[i]`` with half-size ``size[i]``."""
     s = size[:, None, None]
     adx, ady = dx.abs(), dy.abs()
@@ -66,7 +68,9 @@ def generate(num: int, seed: int, image_size: int = 32) -> tuple[torch.Tensor, t
     c0, c1 = rand(num, 3), rand(num, 3)
     angle = rand(num) * 2 * torch.pi
     t = (xs * torch.cos(angle)[:, None, None] + ys * torch.sin(angle)[:, None, None]) / max(h, w)
-    t = (t - t.amin((1, 2), keepdim=True)) / (t.amax((1, 2), keepdim=True) - t.amin((1, 2), keepdim=True) + 1e-6)
+    t = (t - t.amin((1, 2), keepdim=True)) / (
+        t.amax((1, 2), keepdim=True) - t.amin((1, 2), keepdim=True) + 1e-6
+    )
     images = c0[:, :, None, None] * (1 - t[:, None]) + c1[:, :, None, None] * t[:, None]
     images = 0.35 + 0.3 * images  # muted background
 
@@ -75,10 +79,17 @@ def generate(num: int, seed: int, image_size: int = 32) -> tuple[torch.Tensor, t
         cx, cy = rand(num) * w, rand(num) * h
         theta = rand(num) * torch.pi
         nx, ny = -torch.sin(theta), torch.cos(theta)
-        along = (xs - cx[:, None, None]) * ny[:, None, None] - (ys - cy[:, None, None]) * nx[:, None, None]
-        across = (xs - cx[:, None, None]) * nx[:, None, None] + (ys - cy[:, None, None]) * ny[:, None, None]
+        along = (xs - cx[:, None, None]) * ny[:, None, None] - (ys - cy[:, None, None]) * nx[
+            :, None, None
+        ]
+        across = (xs - cx[:, None, None]) * nx[:, None, None] + (ys - cy[:, None, None]) * ny[
+            :, None, None
+        ]
         length = (0.2 + 0.3 * rand(num)) * w
-        stroke = torch.clamp(1.0 - across.abs(), 0.0, 1.0) * (along.abs() < length[:, None, None]).float()
+        stroke = (
+            torch.clamp(1.0 - across.abs(), 0.0, 1.0)
+            * (along.abs() < length[:, None, None]).float()
+        )
         colour = rand(num, 3)
         images = images * (1 - stroke[:, None]) + colour[:, :, None, None] * stroke[:, None]
 
@@ -120,9 +131,17 @@ def build_synthetic(cfg: Mapping[str, Any]) -> L.LightningDataModule:
         raise ConfigError(
             "data.flip=true is invalid for data=synthetic: a horizontal flip changes the class (left/right half)"
         )
-    if cfg.get("num_classes") is not None and get_int(cfg, "num_classes", NUM_CLASSES) != NUM_CLASSES:
-        raise ConfigError(f"data.num_classes must be {NUM_CLASSES} for data=synthetic, got {cfg.get('num_classes')}")
-    sizes = {key: get_int(cfg, key, default, minimum=1) for key, default in (("num_train", 5000), ("num_val", 1000), ("num_test", 1000))}
+    if (
+        cfg.get("num_classes") is not None
+        and get_int(cfg, "num_classes", NUM_CLASSES) != NUM_CLASSES
+    ):
+        raise ConfigError(
+            f"data.num_classes must be {NUM_CLASSES} for data=synthetic, got {cfg.get('num_classes')}"
+        )
+    sizes = {
+        key: get_int(cfg, key, default, minimum=1)
+        for key, default in (("num_train", 5000), ("num_val", 1000), ("num_test", 1000))
+    }
     batch_size = get_int(cfg, "batch_size", 128, minimum=1)
     splits = generate_splits(
         sizes["num_train"],
@@ -138,7 +157,11 @@ def build_synthetic(cfg: Mapping[str, Any]) -> L.LightningDataModule:
         eval_batch_size=get_int(cfg, "eval_batch_size", batch_size, minimum=1),
         mean=(0.5, 0.5, 0.5),
         std=(0.25, 0.25, 0.25),
-        augment=BatchAugment(pad=get_int(cfg, "pad", 2, minimum=0), flip=False, cutout=get_int(cfg, "cutout", 0, minimum=0)),
+        augment=BatchAugment(
+            pad=get_int(cfg, "pad", 2, minimum=0),
+            flip=False,
+            cutout=get_int(cfg, "cutout", 0, minimum=0),
+        ),
         seed=get_int(cfg, "shuffle_seed", 0),
         name="synthetic",
         class_names=CLASS_NAMES,

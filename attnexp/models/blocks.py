@@ -7,8 +7,9 @@ so ImageNet weights load unchanged. Attention modules live in ``block.attn[posit
 
 Hook points (the ``position`` of a placement), in forward order::
 
-    x ──┬─ [before_block] ─ conv unit 1 ─ [after_conv1] ─ ... ─ last conv unit ─ [after_conv3] ─┐
-        └─ shortcut (identity / projection / zero-pad) ─ [identity] ───────────────────────── (+) ─ ReLU ─ [after_add]
+    residual branch: [before_block] conv1 [after_conv1] conv2 [after_conv2] conv3 [after_conv3]
+    shortcut:        identity | 1x1 projection | zero padding, then [identity]
+    output:          ReLU(branch + shortcut) [after_add]     (no ReLU in pre-activation blocks)
 
 * ``before_block`` – start of the residual branch (SE-PRE, SENet fig. 5c): the shortcut still
   carries the ungated input; channels = block input channels. In pre-activation blocks it sits
@@ -26,8 +27,10 @@ Hook points (the ``position`` of a placement), in forward order::
 
 Conv modules (``position: conv``) replace the block's 3x3 conv and take over its stride:
 ``conv2`` of a bottleneck (stride 1 under ``stride_position="v1"``, where the first 1x1 conv
-strides) and ``conv1``, the strided one of the two 3x3 convs, of a basic block. When the module has ``includes_norm_act = True`` the BN and ReLU that follow
-the replaced conv are removed (the module already normalises and activates its output).
+strides) and ``conv1``, the strided one of the two 3x3 convs, of a basic block. A ResNeXt's
+group count is not passed on (set the module's own option, e.g. ``groups``). When the module
+has ``includes_norm_act = True`` the BN and ReLU that follow the replaced conv are removed
+(the module already normalises and activates its output).
 """
 
 from __future__ import annotations

@@ -86,7 +86,8 @@ class PlacedModule:
     block: int | None  # None for between_stages
     in_channels: int
     out_channels: int
-    size: int  # spatial size (H = W) the module sees, for the image_size it was built for
+    size: int  # spatial size (H = W) of the module's input, for the image_size it was built for
+    out_size: int  # spatial size of its output (smaller than size only for strided convs)
     params: int
     path: str  # qualified name in the model
     residual: bool
@@ -468,6 +469,7 @@ def apply_placements(
                 in_channels=site.in_channels,
                 out_channels=site.out_channels,
                 size=site.size,
+                out_size=-(-site.size // site.stride),
                 params=sum(p.numel() for p in module.parameters()),
                 path=path,
                 residual=site.spec.residual,

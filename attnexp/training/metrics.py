@@ -14,10 +14,13 @@ from torchmetrics.classification import MulticlassAccuracy
 class TopKError(nn.Module):
     """Streaming top-k error in percent over all samples seen since the last reset."""
 
-    def __init__(self, num_classes: int, k: int) -> None:
+    def __init__(self, num_classes: int, k: int, validate_args: bool = True) -> None:
         super().__init__()
         self.k = min(k, num_classes)
-        self.accuracy = MulticlassAccuracy(num_classes=num_classes, top_k=self.k, average="micro")
+        # validate_args=False skips per-batch checks that synchronise with the device.
+        self.accuracy = MulticlassAccuracy(
+            num_classes=num_classes, top_k=self.k, average="micro", validate_args=validate_args
+        )
 
     def update(self, logits: torch.Tensor, target: torch.Tensor) -> None:
         self.accuracy.update(logits.float(), target)
@@ -27,6 +30,10 @@ class TopKError(nn.Module):
 
     def reset(self) -> None:
         self.accuracy.reset()
+
+    def persistent(self, mode: bool = True) -> None:
+        """Keep the running counts in ``state_dict`` (checkpoints), for exact mid-epoch resume."""
+        self.accuracy.persistent(mode)
 
 
 def topk_error(logits: torch.Tensor, target: torch.Tensor, k: int = 1) -> float:

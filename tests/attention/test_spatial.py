@@ -7,6 +7,7 @@ over positions on tiny inputs, in float64.
 from __future__ import annotations
 
 import itertools
+from collections.abc import Iterator
 
 import pytest
 import torch
@@ -14,6 +15,15 @@ import torch.nn.functional as F
 
 from attnexp.attention import build_attention, get_spec, record_attention
 from attnexp.errors import ConfigError
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> Iterator[None]:
+    # Tiny tensors: one intra-op thread is faster and does not spin on busy shared cores.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def n_params(module: torch.nn.Module) -> int:
@@ -37,12 +47,12 @@ def randomise(module: torch.nn.Module, seed: int = 0) -> None:
 # ----------------------------------------------------------------------------------------
 # GC block
 # ----------------------------------------------------------------------------------------
-def gc_reference(x, w_k, b_k, w1, b1, ln_w, ln_b, w2, b2, pooling, fusion):
+def gc_reference(x, w_k, w1, b1, ln_w, ln_b, w2, b2, pooling, fusion):
     """GCNet eq. 3 with plain ops: context, bottleneck transform with LN, fusion."""
     b, c, h, w = x.shape
     flat = x.reshape(b, c, h * w)
     if pooling == "att":
-        logits = w_k @ flat + b_k[:, None]  # (B, 1, N)
+        logits = w_k @ flat  # (B, 1, N): W_k x_j, no bias (eq. 3)
         weights = torch.exp(logits - logits.max(-1, keepdim=True).values)
         weights = weights / weights.sum(-1, keepdim=True)
         context = (flat * weights).sum(-1)  # (B, C)
@@ -70,13 +80,10 @@ def test_gc_matches_paper_equations(pooling: str, fusion: str) -> None:
     w2 = sd["transform.3.weight"].reshape(c, hidden)
     ln_w = sd["transform.1.weight"].reshape(hidden)
     ln_b = sd["transform.1.bias"].reshape(hidden)
-    if pooling == "att":
-        w_k, b_k = sd["context_conv.weight"].reshape(1, c), sd["context_conv.bias"]
-    else:
-        w_k = b_k = None
+    w_k = sd["context_conv.weight"].reshape(1, c) if pooling == "att" else None
     x = torch.randn(2, c, 5, 3, dtype=torch.float64)
     ref = gc_reference(
-        x, w_k, b_k, w1, sd["transform.0.bias"], ln_w, ln_b, w2, sd["transform.3.bias"],
+        x, w_k, w1, sd["transform.0.bias"], ln_w, ln_b, w2, sd["transform.3.bias"],
         pooling, fusion,
     )  # fmt: skip
     torch.testing.assert_close(m(x), ref)
@@ -91,7 +98,7 @@ def test_gc_parameter_count(channels: int, ratio: float, pooling: str) -> None:
     # transform: conv C->c (+bias), LayerNorm([c,1,1]) (2c), conv c->C (+bias)
     expected = channels * c + c + 2 * c + c * channels + channels
     if pooling == "att":
-        expected += channels + 1  # attention conv C->1 with bias
+        expected += channels  # attention conv W_k: C->1, no bias
     assert n_params(build_attention("gc", channels, ratio=ratio, pooling=pooling)) == expected
 
 
@@ -103,22 +110,22 @@ def test_gc_defaults_start_as_identity_and_expose_softmax() -> None:
         spatial = m.attention_maps["spatial"]
     assert spatial.shape == (2, 1, 7, 5)
     torch.testing.assert_close(spatial.sum((1, 2, 3)), torch.ones(2))
-    assert n_params(m) == 64 + 1 + 2 * (64 * 4) + 4 + 2 * 4 + 64
+    assert n_params(m) == 64 + 2 * (64 * 4) + 4 + 2 * 4 + 64
 
 
 # ----------------------------------------------------------------------------------------
 # Non-local block
 # ----------------------------------------------------------------------------------------
-def nonlocal_reference(m, x: torch.Tensor) -> torch.Tensor:
+def nonlocal_reference(m, x: torch.Tensor, phi_bias: torch.Tensor | None = None) -> torch.Tensor:
     """Eq. 1 evaluated position by position, with the paper's f and C(x) of section 3.2."""
     sd = m.state_dict()
     pairwise = m.pairwise
-    g = conv1x1(x, sd["g.weight"], sd["g.bias"])
+    g = conv1x1(x, sd["g.weight"], None)  # the paper's linear embeddings: no bias
     if pairwise == "gaussian":
         theta, phi = x, x
     else:
-        theta = conv1x1(x, sd["theta.weight"], sd["theta.bias"])
-        phi = conv1x1(x, sd["phi.weight"], sd["phi.bias"])
+        theta = conv1x1(x, sd["theta.weight"], None)
+        phi = conv1x1(x, sd["phi.weight"], phi_bias)
     if m.subsample:
         g, phi = F.max_pool2d(g, 2), F.max_pool2d(phi, 2)
     b, _, h, w = x.shape
@@ -142,7 +149,7 @@ def nonlocal_reference(m, x: torch.Tensor) -> torch.Tensor:
                 f = torch.exp(dots)
                 norm = f.sum()
         y[bi, :, i] = (f[None, :] * g[bi]).sum(1) / norm
-    z = conv1x1(y.reshape(b, -1, h, w), sd["w_z.weight"], sd["w_z.bias"])
+    z = conv1x1(y.reshape(b, -1, h, w), sd["w_z.weight"], None)
     bn = m.bn  # eval mode: running statistics
     z = (z - bn.running_mean[None, :, None, None]) / torch.sqrt(
         bn.running_var[None, :, None, None] + bn.eps
@@ -193,8 +200,8 @@ def test_nonlocal_zero_init_is_identity(pairwise: str) -> None:
 )
 def test_nonlocal_parameter_count(channels: int, pairwise: str) -> None:
     ci = channels // 2
-    conv = channels * ci + ci  # one of theta / phi / g (1x1 conv with bias)
-    expected = conv + (ci * channels + channels) + 2 * channels  # g, W_z, BN
+    conv = channels * ci  # one of theta / phi / g (1x1 conv, no bias as the paper)
+    expected = conv + ci * channels + 2 * channels  # g, W_z (no bias), BN
     if pairwise != "gaussian":
         expected += 2 * conv  # theta, phi
     if pairwise == "concatenation":
@@ -215,11 +222,11 @@ def test_nonlocal_inter_channels_and_subsample_limits() -> None:
 # ----------------------------------------------------------------------------------------
 # Criss-cross attention
 # ----------------------------------------------------------------------------------------
-def criss_cross_reference(m, x: torch.Tensor) -> torch.Tensor:
+def criss_cross_reference(m, x: torch.Tensor, key_bias: torch.Tensor | None = None) -> torch.Tensor:
     """One CCA step: softmax over the H+W-1 *distinct* positions of the row and column."""
     sd = m.state_dict()
     q = conv1x1(x, sd["query.weight"], sd["query.bias"])
-    k = conv1x1(x, sd["key.weight"], sd["key.bias"])
+    k = conv1x1(x, sd["key.weight"], key_bias)
     v = conv1x1(x, sd["value.weight"], sd["value.bias"])
     b, c, h, w = x.shape
     out = torch.zeros_like(x)
@@ -278,7 +285,7 @@ def test_criss_cross_depends_only_on_row_and_column() -> None:
 def test_criss_cross_parameter_count_and_identity_at_init() -> None:
     c, qk = 256, 32
     m = build_attention("criss_cross", c)
-    assert n_params(m) == 2 * (c * qk + qk) + c * c + c + 1
+    assert n_params(m) == (c * qk + qk) + c * qk + c * c + c + 1  # Q, K (no bias), V, gamma
     assert build_attention("criss_cross", 16).query.out_channels == 2
     x = torch.randn(2, 16, 7, 5)
     torch.testing.assert_close(build_attention("criss_cross", 16)(x), x)
@@ -287,14 +294,14 @@ def test_criss_cross_parameter_count_and_identity_at_init() -> None:
 # ----------------------------------------------------------------------------------------
 # DANet
 # ----------------------------------------------------------------------------------------
-def danet_reference(m, x: torch.Tensor) -> torch.Tensor:
+def danet_reference(m, x: torch.Tensor, key_bias: torch.Tensor | None = None) -> torch.Tensor:
     b, c, h, w = x.shape
     flat = x.reshape(b, c, h * w)
     outs = []
     if m.use_position:
         sd = m.state_dict()
         q = conv1x1(x, sd["query.weight"], sd["query.bias"]).flatten(2)
-        k = conv1x1(x, sd["key.weight"], sd["key.bias"]).flatten(2)
+        k = conv1x1(x, sd["key.weight"], key_bias).flatten(2)
         v = conv1x1(x, sd["value.weight"], sd["value.bias"]).flatten(2)
         s = torch.softmax(q.transpose(1, 2) @ k, dim=-1)  # s[i, j]: j's influence on i
         outs.append(m.alpha * (v @ s.transpose(1, 2)).reshape(b, c, h, w) + x)
@@ -330,7 +337,8 @@ def test_danet_init_and_parameter_count() -> None:
     torch.testing.assert_close(build_attention("danet", 24)(x), 2 * x)  # paper's sum
     torch.testing.assert_close(build_attention("danet", 24, merge="mean")(x), x)
     c, qk = 256, 32
-    assert n_params(build_attention("danet", c)) == 2 * (c * qk + qk) + c * c + c + 2
+    # PAM: Q (bias), K (no bias), V (bias), alpha; CAM: beta
+    assert n_params(build_attention("danet", c)) == (c * qk + qk) + c * qk + c * c + c + 2
     assert n_params(build_attention("danet", c, use_position=False)) == 1
 
 
@@ -389,3 +397,33 @@ def test_choice_error_lists_valid_values() -> None:
         build_attention("nonlocal", 16, pairwise="cosine")
     for valid in ("gaussian", "embedded_gaussian", "dot_product", "concatenation"):
         assert valid in str(err.value)
+
+
+def test_official_biases_left_out_are_dead() -> None:
+    """The official code's biases that these modules omit cannot change the output."""
+    gen = torch.Generator().manual_seed(11)
+    x = torch.randn(2, 8, 4, 3, dtype=torch.float64, generator=gen)
+
+    m = build_attention("nonlocal", 8, zero_init=False).double().eval()
+    randomise(m, seed=12)
+    phi_bias = torch.randn(4, dtype=torch.float64, generator=gen)
+    torch.testing.assert_close(m(x), nonlocal_reference(m, x, phi_bias=phi_bias))
+
+    m = build_attention("criss_cross", 8, recurrence=1, reduction=4).double()
+    randomise(m, seed=13)
+    key_bias = torch.randn(2, dtype=torch.float64, generator=gen)
+    torch.testing.assert_close(m(x), criss_cross_reference(m, x, key_bias=key_bias))
+
+    m = build_attention("danet", 8, use_channel=False, reduction=4).double()
+    randomise(m, seed=14)
+    torch.testing.assert_close(m(x), danet_reference(m, x, key_bias=key_bias))
+
+    m = build_attention("gc", 8, ratio=0.5).double()
+    randomise(m, seed=15)
+    with torch.no_grad():
+        with_bias = torch.nn.Conv2d(8, 1, 1).double()
+        with_bias.weight.copy_(m.context_conv.weight)
+        with_bias.bias.fill_(3.0)
+        expected = m(x)
+        m.context_conv = with_bias
+        torch.testing.assert_close(m(x), expected)

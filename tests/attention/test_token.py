@@ -7,12 +7,23 @@ formulation (relative logits via the ``rel_to_abs`` reshaping trick on tables of
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
 import torch
 import torch.nn.functional as F
 
 from attnexp.attention import build_attention, get_spec, record_attention
 from attnexp.errors import ConfigError
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> Iterator[None]:
+    # Tiny tensors: one intra-op thread is faster and does not spin on busy shared cores.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def n_params(module: torch.nn.Module) -> int:
@@ -122,7 +133,8 @@ def external_reference(m, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     b, c, h, w = x.shape
     sd = m.state_dict()
     f = torch.einsum("oc,bcn->bon", sd["conv_in.weight"].reshape(c, c), x.reshape(b, c, -1))
-    f = f + sd["conv_in.bias"][None, :, None]
+    if m.norm == "softmax":  # the only mode where this bias can matter
+        f = f + sd["conv_in.bias"][None, :, None]
     logits = torch.einsum("sc,bcn->bsn", sd["memory_key.weight"].reshape(-1, c), f)  # (B,S,N)
     e = torch.exp(logits)
     if m.norm == "double":
@@ -174,36 +186,46 @@ def test_external_double_norm_differs_from_single_softmax() -> None:
 
 @pytest.mark.parametrize("channels", [16, 24, 256])
 @pytest.mark.parametrize("memory_size", [8, 64])
-def test_external_parameter_count(channels: int, memory_size: int) -> None:
+@pytest.mark.parametrize("norm", ["double", "softmax"])
+def test_external_parameter_count(channels: int, memory_size: int, norm: str) -> None:
     c, s = channels, memory_size
-    # conv_in C*C+C, M_k S*C, M_v C*S, conv_out C*C (no bias), BN 2C
-    expected = (c * c + c) + 2 * s * c + c * c + 2 * c
-    assert n_params(build_attention("external", c, memory_size=s)) == expected
+    # conv_in C*C (+C bias with softmax), M_k S*C, M_v C*S, conv_out C*C (no bias), BN 2C
+    expected = c * c + 2 * s * c + c * c + 2 * c + (c if norm == "softmax" else 0)
+    assert n_params(build_attention("external", c, memory_size=s, norm=norm)) == expected
 
 
 # ----------------------------------------------------------------------------------------
 # EMSA (ResT)
 # ----------------------------------------------------------------------------------------
-def emsa_reference(m, x: torch.Tensor) -> torch.Tensor:
+def emsa_reference(m, x: torch.Tensor, dead: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+    """ResT eq. 3. ``dead``: values for the official biases the module omits (default 0)."""
+    dead = dead or {}
     b, c, h, w = x.shape
     n, d = m.heads, c // m.heads
     tokens = x.reshape(b, c, h * w).transpose(1, 2)
     q = (tokens @ m.q.weight.T + m.q.bias).reshape(b, h * w, n, d).transpose(1, 2)
+    transform = m.transform and n > 1
+    # The official module has biases on k, v and the LayerNorm; those that cannot change the
+    # output are absent from the module, so they are zero here.
+    zeros = torch.zeros(c, dtype=x.dtype)
+    ln_bias = dead.get("ln", zeros) if transform else m.sr_norm.bias if m.sr_ratio > 1 else None
+    v_bias = dead.get("v", zeros) if transform else m.v_bias
+    kv_bias = torch.cat([dead.get("k", zeros), v_bias])
     if m.sr_ratio > 1:
         s = m.sr_ratio
         red = F.conv2d(x, m.sr.weight, m.sr.bias, stride=s, padding=s // 2, groups=c)
         red = red.reshape(b, c, -1).transpose(1, 2)
         mu, var = red.mean(-1, keepdim=True), red.var(-1, unbiased=False, keepdim=True)
-        red = (red - mu) / torch.sqrt(var + 1e-5) * m.sr_norm.weight + m.sr_norm.bias
+        red = (red - mu) / torch.sqrt(var + 1e-5) * m.sr_norm.weight + ln_bias
     else:
         red = tokens
-    kv = red @ m.kv.weight.T + m.kv.bias
+    kv = red @ m.kv.weight.T + kv_bias
     k = kv[..., :c].reshape(b, -1, n, d).transpose(1, 2)
     v = kv[..., c:].reshape(b, -1, n, d).transpose(1, 2)
     attn = q @ k.transpose(-1, -2) / d**0.5
-    if m.transform and n > 1:
-        wt = m.transform_conv.weight.reshape(n, n)
-        attn = torch.einsum("mn,bnij->bmij", wt, attn) + m.transform_conv.bias[None, :, None, None]
+    if transform:
+        attn = torch.einsum("mn,bnij->bmij", m.transform_conv.weight.reshape(n, n), attn)
+        attn = attn + dead.get("transform", torch.zeros(n, dtype=x.dtype))[None, :, None, None]
         attn = torch.softmax(attn, -1)
         attn = F.instance_norm(attn, eps=1e-5)
     else:
@@ -232,6 +254,19 @@ def test_emsa_matches_paper(heads: int, sr_ratio: int, transform: bool, size) ->
     torch.testing.assert_close(m(x), emsa_reference(m, x), rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("transform", [True, False])
+def test_emsa_official_biases_left_out_are_dead(transform: bool) -> None:
+    m = build_attention("emsa", 8, heads=4, sr_ratio=2, transform=transform)
+    randomise(m, seed=8)
+    gen = torch.Generator().manual_seed(9)
+    dead = {k: torch.randn(n, generator=gen) for k, n in [("k", 8), ("transform", 4)]}
+    if transform:  # rows of the instance-normalised attention sum to 0: value shifts cancel
+        dead |= {k: torch.randn(8, generator=gen) for k in ("v", "ln")}
+    x = torch.randn(2, 8, 5, 6)
+    expected = emsa_reference(m, x, dead)
+    torch.testing.assert_close(m(x), expected, rtol=1e-4, atol=1e-5)
+
+
 def test_emsa_small_maps_and_sr_limits() -> None:
     m = build_attention("emsa", 16)
     for size in [(1, 1), (1, 3), (2, 2), (7, 5)]:
@@ -250,12 +285,15 @@ def test_emsa_small_maps_and_sr_limits() -> None:
 @pytest.mark.parametrize("channels", [16, 24, 256])
 @pytest.mark.parametrize(("heads", "sr_ratio"), [(4, 2), (1, 1), (2, 4)])
 def test_emsa_parameter_count(channels: int, heads: int, sr_ratio: int) -> None:
-    c = channels
-    expected = 4 * c * c + 4 * c  # q (C->C), kv (C->2C), proj (C->C), all with bias
+    c, transform = channels, heads > 1
+    expected = 4 * c * c + 2 * c  # q (C->C, bias), kv (C->2C, no bias), proj (C->C, bias)
+    if not transform:
+        expected += c  # v bias: only live without the instance-normalised attention
     if sr_ratio > 1:
-        expected += c * (sr_ratio + 1) ** 2 + c + 2 * c  # depth-wise conv + LayerNorm
-    if heads > 1:
-        expected += heads * heads + heads  # 1x1 conv across heads
+        expected += c * (sr_ratio + 1) ** 2 + c  # depth-wise conv with bias
+        expected += c if transform else 2 * c  # LayerNorm (its shift is dead with transform)
+    if transform:
+        expected += heads * heads  # 1x1 conv across heads, no bias
     m = build_attention("emsa", c, heads=heads, sr_ratio=sr_ratio)
     assert n_params(m) == expected
 

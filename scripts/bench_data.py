@@ -1,0 +1,365 @@
+"""Data-path benchmark (not a test): what the in-memory path buys, measured side by side.
+
+Three measurements, each in this one process on the same data:
+
+  decode   images/s of torchvision.io vs PIL decoding real CIFAR-10 JPEGs (and the same
+           images re-encoded at 500x375, ImageNet-like), one thread.
+  loader   images/s iterating the training set: attnexp's in-memory loader vs torchvision's
+           ImageFolder + DataLoader + PIL (RandomCrop(32, 4), flip, ToTensor, Normalize) at
+           each of --workers, the best of which is the reference. Target: >= 10x.
+  train    images/s of training epochs of ResNet-20 through the real ``attnexp.run.train``
+           (Hydra-composed config, in-memory imagefolder data) vs a bare PyTorch loop
+           (same model builder, same loader, same optimiser). Target ratio >= 0.95.
+
+Quick run on a 10k-image subset:
+  python scripts/bench_data.py --root ~/.cache/attnexp-data/cifar10-jpg --limit 10000
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import itertools
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+
+DEFAULT_ROOT = "~/.cache/attnexp-data/cifar10-jpg"
+
+
+class EpochTimer(L.Callback):
+    """Wall time of each training epoch (first batch start to epoch end), for ``train``."""
+
+    seconds: list[float] = []
+    batches: list[int] = []
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._start = time.perf_counter()
+        self._count = 0
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
+        self._count += 1
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        EpochTimer.seconds.append(time.perf_counter() - self._start)
+        EpochTimer.batches.append(self._count)
+
+
+def table(title: str, rows: list[tuple[str, ...]], header: tuple[str, ...]) -> None:
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    print(f"\n{title}")
+    print("  ".join(h.ljust(w) for h, w in zip(header, widths)))
+    print("  ".join("-" * w for w in widths))
+    for row in rows:
+        print("  ".join(str(c).ljust(w) for c, w in zip(row, widths)))
+
+
+# ----------------------------------------------------------------------------- decode
+def bench_decode(root: Path, count: int, repeats: int = 5) -> None:
+    import numpy as np
+    from PIL import Image
+
+    from attnexp.data.decode import decode_rgb
+
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    files = sorted((root / "train").rglob("*.jpg"))
+    files = files[:: max(1, len(files) // count)][:count]
+
+    def pil_file(path: Path) -> np.ndarray:
+        with Image.open(path) as im:
+            return np.asarray(im.convert("RGB"))
+
+    def rate(fn: Any, items: list[Any]) -> float:
+        start = time.perf_counter()
+        for item in items:
+            fn(item)
+        return len(items) / (time.perf_counter() - start)
+
+    large = []
+    for path in files[:200]:
+        buf = io.BytesIO()
+        with Image.open(path) as im:
+            im.convert("RGB").resize((500, 375), Image.BICUBIC).save(buf, "JPEG", quality=90)
+        large.append(buf.getvalue())
+    tmp = Path(tempfile.mkdtemp())
+    large_files = []
+    for i, data in enumerate(large):
+        (tmp / f"{i}.jpg").write_bytes(data)
+        large_files.append(tmp / f"{i}.jpg")
+    rows = []
+    for label, items in (
+        (f"CIFAR-10 JPEG 32x32 ({len(files)} files)", files),
+        (f"500x375 JPEG q90 ({len(large_files)} files)", large_files),
+    ):
+        tv_rates, pil_rates = [], []
+        for _ in range(repeats):  # alternate, so both see the same background load
+            tv_rates.append(rate(decode_rgb, items))
+            pil_rates.append(rate(pil_file, items))
+        tv, pil = max(tv_rates), max(pil_rates)
+        rows.append((label, f"{tv:,.0f}", f"{pil:,.0f}", f"{tv / pil:.2f}x"))
+    table(
+        f"decode, one thread (best of {repeats} alternating rounds)",
+        rows,
+        ("images", "torchvision.io img/s", "PIL img/s", "ratio"),
+    )
+    torch.set_num_threads(previous_threads)
+
+
+# ----------------------------------------------------------------------------- loader
+def folder_config(root: Path, cache_dir: Path, batch_size: int) -> dict[str, Any]:
+    return {
+        "name": "imagefolder",
+        "root": str(root),
+        "num_classes": 10,
+        "image_size": 32,
+        "in_memory": "true",
+        "batch_size": batch_size,
+        "cache_dir": str(cache_dir),
+        "pad": 4,
+        "flip": True,
+        "shuffle_seed": 0,
+    }
+
+
+def bench_loader(
+    root: Path, cache_dir: Path, limit: int, epochs: int, batch_size: int, workers: list[int]
+) -> None:
+    from torch.utils.data import DataLoader, Subset
+    from torchvision import datasets, transforms
+
+    from attnexp.data import build_datamodule
+    from attnexp.data.memory import BatchAugment, InMemoryLoader
+
+    start = time.perf_counter()
+    dm = build_datamodule(folder_config(root, cache_dir, batch_size))
+    prepare = time.perf_counter() - start
+    images, labels = dm.splits["train"]
+    n = labels.numel()
+    subset = (
+        torch.randperm(n, generator=torch.Generator().manual_seed(0))[: min(limit, n)].sort().values
+    )
+    print(
+        f"\nloader: {len(subset):,} of {n:,} training images, batch {batch_size}, {epochs} epoch(s) each; "
+        f"in-memory data ready in {prepare:.1f}s (decode or cache load, once)"
+    )
+
+    def run(make_iter: Any) -> float:
+        it = iter(make_iter())
+        next(it)  # start workers / first batch outside the timing
+        start = time.perf_counter()
+        seen = 0
+        for _ in range(epochs):
+            for x, _y in make_iter():
+                seen += x.shape[0]
+        return seen / (time.perf_counter() - start)
+
+    loader = InMemoryLoader(
+        images[subset],
+        labels[subset],
+        batch_size,
+        dm.mean,
+        dm.std,
+        shuffle=True,
+        augment=BatchAugment(pad=4, flip=True),
+        seed=0,
+    )
+    # Intra-op threads: on a CPU shared with other jobs, 2 OpenMP threads can be far slower
+    # than 1 (barrier waits on descheduled threads), so both are measured.
+    default_threads = torch.get_num_threads()
+    ours_rows = []
+    for threads in sorted({1, default_threads}):
+        torch.set_num_threads(threads)
+        ours_rows.append((threads, run(lambda: loader)))
+    torch.set_num_threads(default_threads)
+    ours = max(rate for _, rate in ours_rows)
+    tf = transforms.Compose(
+        [
+            transforms.RandomCrop(32, padding=4),
+            transforms.RandomHorizontalFlip(),
+            transforms.ToTensor(),
+            transforms.Normalize(dm.mean, dm.std),
+        ]
+    )
+    dataset = Subset(datasets.ImageFolder(str(root / "train"), transform=tf), subset.tolist())
+    rows = [(f"attnexp in-memory, {t} thread(s)", "-", f"{rate:,.0f}", "") for t, rate in ours_rows]
+    best = 0.0
+    for w in workers:
+        dl = DataLoader(
+            dataset,
+            batch_size=batch_size,
+            shuffle=True,
+            num_workers=w,
+            persistent_workers=w > 0,
+            pin_memory=False,
+        )
+        rate = run(lambda dl=dl: dl)
+        best = max(best, rate)
+        rows.append(("torchvision ImageFolder + PIL", str(w), f"{rate:,.0f}", ""))
+        del dl
+    rows = [(*r[:3], f"{float(r[2].replace(',', '')) / best:.2f}x") for r in rows]
+    print(f"\nin-memory (best setting) / DataLoader (best num_workers): {ours / best:.1f}x")
+    table(
+        "loader throughput (augmented training batches)",
+        rows,
+        ("path", "workers", "images/s", "vs best DataLoader"),
+    )
+
+
+# ----------------------------------------------------------------------------- train
+def bench_train(
+    root: Path, cache_dir: Path, limit: int, epochs: int, batch_size: int, repeats: int
+) -> None:
+    from hydra import compose, initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.utils import instantiate
+    from omegaconf import open_dict
+
+    from attnexp.builders import to_dict
+    from attnexp.data import build_datamodule
+    from attnexp.models import build_model
+    from attnexp.run import train
+    from attnexp.runtime import register_resolvers
+    from attnexp.training.optim import build_optimizer
+
+    register_resolvers()
+    batches = max(1, limit // batch_size)
+    out = Path(tempfile.mkdtemp(prefix="bench-train-"))
+    overrides = [
+        "data=imagefolder",
+        f"data.root={root}",
+        "data.in_memory=true",
+        f"data.cache_dir={cache_dir}",
+        f"data.batch_size={batch_size}",
+        "data.num_classes=10",
+        "model=resnet20",
+        "attention=none",
+        f"trainer.max_epochs={epochs}",
+        f"+trainer.limit_train_batches={batches}",
+        "+trainer.limit_val_batches=0",
+        "test=false",
+        "seed=0",
+        "+callbacks.bench_timer._target_=__main__.EpochTimer",
+    ]
+    GlobalHydra.instance().clear()
+    with initialize_config_module(config_module="attnexp.conf", version_base="1.3"):
+        base = compose(config_name="train", overrides=overrides)
+    print(
+        f"\ntrain: ResNet-20, {batches} batches of {batch_size} = {batches * batch_size:,} images per epoch, "
+        f"{epochs} epoch(s), device {'cuda' if torch.cuda.is_available() else 'cpu'}, "
+        f"{torch.get_num_threads()} threads; {repeats} alternating repeat(s)"
+    )
+
+    def attnexp_run(i: int) -> float:
+        cfg = base.copy()
+        with open_dict(cfg):
+            cfg.paths.output_dir = str(out / f"run{i}")
+        EpochTimer.seconds.clear()
+        EpochTimer.batches.clear()
+        train(cfg)
+        return sum(b * batch_size for b in EpochTimer.batches) / sum(EpochTimer.seconds)
+
+    def bare_run() -> float:
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        torch.manual_seed(0)
+        dm = build_datamodule(to_dict(base.data))
+        model = build_model("resnet20", num_classes=10).to(device)
+        optimizer = build_optimizer(instantiate(base.optimizer), model)
+        criterion = torch.nn.CrossEntropyLoss()
+        loader = dm.train_dataloader().to(device)
+        model.train()
+        seen, elapsed = 0, 0.0
+        for _ in range(epochs):
+            start = time.perf_counter()
+            for x, y in itertools.islice(loader, batches):
+                loss = criterion(model(x), y)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                seen += y.numel()
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            elapsed += time.perf_counter() - start
+        return seen / elapsed
+
+    results: dict[str, list[float]] = {"bare PyTorch loop": [], "attnexp.run.train": []}
+    for i in range(repeats):
+        results["bare PyTorch loop"].append(bare_run())
+        results["attnexp.run.train"].append(attnexp_run(i))
+    bare = statistics.median(results["bare PyTorch loop"])
+    rows = []
+    for name, rates in results.items():
+        med = statistics.median(rates)
+        rows.append(
+            (name, f"{med:,.0f}", ", ".join(f"{r:,.0f}" for r in rates), f"{med / bare:.3f}")
+        )
+    table(
+        "training throughput (train epochs only; validation off)",
+        rows,
+        ("path", "median images/s", "each repeat", "ratio to bare"),
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--root",
+        default=DEFAULT_ROOT,
+        help="ImageFolder root with train/ and test/ (CIFAR-10 JPEGs)",
+    )
+    parser.add_argument(
+        "--limit", type=int, default=50_000, help="training images used (a fixed random subset)"
+    )
+    parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--workers", default="0,1,2,3", help="DataLoader num_workers values to try")
+    parser.add_argument(
+        "--repeats", type=int, default=2, help="alternating repeats of the train comparison"
+    )
+    parser.add_argument(
+        "--cache-dir", default=None, help="decode cache (default: a per-user cache)"
+    )
+    parser.add_argument(
+        "--only", default="decode,loader,train", help="comma-separated sections to run"
+    )
+    args = parser.parse_args(argv)
+    root = Path(os.path.expanduser(args.root))
+    if not (root / "train").is_dir():
+        sys.exit(f"no {root}/train: give --root, the folder holding train/<class>/*.jpg")
+    cache_dir = (
+        Path(args.cache_dir).expanduser()
+        if args.cache_dir
+        else Path.home() / ".cache" / "attnexp" / "bench"
+    )
+    sections = set(args.only.split(","))
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    print(
+        f"torch {torch.__version__}, {os.cpu_count()} CPUs visible, load average {os.getloadavg()[0]:.1f}"
+    )
+    if "decode" in sections:
+        bench_decode(root, 2000)
+    if "loader" in sections:
+        bench_loader(
+            root,
+            cache_dir,
+            args.limit,
+            args.epochs,
+            args.batch_size,
+            [int(w) for w in args.workers.split(",")],
+        )
+    if "train" in sections:
+        bench_train(root, cache_dir, args.limit, args.epochs, args.batch_size, args.repeats)
+
+
+if __name__ == "__main__":
+    main()

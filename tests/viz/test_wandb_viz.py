@@ -1,0 +1,90 @@
+"""The attention-map callback and the wandb sweep table (no wandb server needed)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+import pytest
+from lightning.pytorch.loggers import WandbLogger
+from PIL import Image
+
+from attnexp.analysis.checkpoints import load_model
+from attnexp.analysis.wandb_viz import AttentionMapLogger, log_sweep_table, sweep_table
+
+
+class RecordingWandb(WandbLogger):
+    """A WandbLogger that records log_image calls instead of talking to wandb."""
+
+    def __init__(self) -> None:  # no super().__init__: no wandb run
+        self.calls: list[dict[str, Any]] = []
+
+    def log_image(
+        self, key: str, images: list[Any], step: int | None = None, **kwargs: Any
+    ) -> None:
+        self.calls.append({"key": key, "images": images, "step": step, **kwargs})
+
+
+def test_callback_png_written_during_training(runs: dict[str, Path]) -> None:
+    """The cbam fixture run was trained with callbacks=[default,attention_maps]."""
+    pixels = np.asarray(Image.open(runs["cbam"] / "attention_maps.png").convert("RGB"))
+    assert pixels.std() > 0
+    assert not (runs["cbam_seed1"] / "attention_maps.png").exists()
+
+
+def test_callback_logs_images_to_wandb_logger(runs: dict[str, Path], tmp_path: Path) -> None:
+    from attnexp.builders import to_dict
+    from attnexp.data import build_datamodule
+
+    loaded = load_model(runs["cbam"])
+    dm = build_datamodule(to_dict(loaded.cfg.data))
+    logger = RecordingWandb()
+    trainer = SimpleNamespace(
+        loggers=[logger],
+        is_global_zero=True,
+        datamodule=dm,
+        val_dataloaders=dm.val_dataloader(),
+        global_step=7,
+        current_epoch=0,
+    )
+    module = SimpleNamespace(model=loaded.model)
+    callback = AttentionMapLogger(
+        n=3, cams=["gradcam", "gradcam++"], save_path=str(tmp_path / "maps.png")
+    )
+    callback.on_train_end(trainer, module)  # type: ignore[arg-type]
+    keys = {c["key"] for c in logger.calls}
+    assert keys == {"attention_maps", "attention_maps/channel"}
+    grid = next(c for c in logger.calls if c["key"] == "attention_maps")
+    assert grid["step"] == 7 and grid["images"][0].ndim == 3 and grid["images"][0].std() > 0
+    assert callback.saved == tmp_path / "maps.png"
+    callback.on_train_end(trainer, module)  # type: ignore[arg-type]
+    assert callback.saved == tmp_path / "maps-1.png"  # never replaces a file
+
+
+def test_callback_is_quiet_without_wandb_or_path() -> None:
+    trainer = SimpleNamespace(loggers=[], is_global_zero=True)
+    AttentionMapLogger().on_train_end(trainer, None)  # type: ignore[arg-type]
+
+
+def test_sweep_table() -> None:
+    rows = [
+        {"setting": "attention=none", "top1": 7.1, "n": 3},
+        {"setting": "attention=se", "top1": 6.5, "extra": [1]},
+    ]
+    table = sweep_table(rows)
+    assert table.columns == ["setting", "top1", "n", "extra"]
+    assert table.data[1] == ["attention=se", 6.5, None, "[1]"]
+    logged: dict[str, Any] = {}
+    run = SimpleNamespace(log=logged.update)
+    log_sweep_table(rows, key="ablation", run=run)
+    assert list(logged) == ["ablation"]
+
+
+def test_log_sweep_table_needs_a_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    import wandb
+
+    monkeypatch.setattr(wandb, "run", None)
+    with pytest.raises(RuntimeError, match="wandb.init"):
+        log_sweep_table([{"a": 1}])
