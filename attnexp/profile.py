@@ -14,6 +14,7 @@ the same plus the attention-only ops, the activation memory of a training step, 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from collections.abc import Sequence
@@ -54,6 +55,7 @@ def _main(argv: Sequence[str] | None) -> int:
     from rich.console import Console
 
     from attnexp.analysis import profile as prof
+    from attnexp.errors import ConfigError
     from attnexp.models.__main__ import placements_table
 
     args = _parser().parse_intermixed_args(argv)
@@ -74,7 +76,7 @@ def _main(argv: Sequence[str] | None) -> int:
     else:
         jobs = [("", overrides)]
 
-    results = []
+    results, failed = [], []
     resolved = None
     with prof.hydra_session() as compose:
         configs = [(label, compose(job)) for label, job in jobs]
@@ -82,8 +84,15 @@ def _main(argv: Sequence[str] | None) -> int:
         size = prof.config_image_size(cfg)
         if resolved is None:
             resolved = settings.resolved(cfg, size)
-            console.print(f"[bold]attnexp-profile[/] {resolved.describe()}", highlight=False)
-        result = prof.profile_config(cfg, resolved, label=label)
+            what = resolved.describe() if resolved.speed else f"batch {resolved.batch} (memory)"
+            console.print(f"[bold]attnexp-profile[/] {what}", highlight=False)
+        try:
+            result = prof.profile_config(cfg, resolved, label=label)
+        except ConfigError as err:
+            if len(jobs) == 1:
+                raise
+            failed.append(f"{label}: {err}")
+            continue
         results.append(result)
         if len(jobs) == 1:
             console.print(prof.single_report(result, resolved))
@@ -92,13 +101,17 @@ def _main(argv: Sequence[str] | None) -> int:
                 console.print(placements_table(model, f"{cfg.model.name} placements"))
         else:
             console.print(f"  {label}: done", highlight=False, style="dim")
-    if len(jobs) > 1 and resolved is not None:
+    if len(jobs) > 1 and results and resolved is not None:
         title = f"{results[0].model} at {results[0].image_size}x{results[0].image_size}"
         console.print(prof.results_table(results, resolved, title=title))
+    for line in failed:
+        console.print(f"[red]not built[/] {line}", highlight=False)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        payload = {"settings": resolved.__dict__ if resolved else {}, "results": []}
-        payload["results"] = [r.as_dict() for r in results]
+        payload = {
+            "settings": dataclasses.asdict(resolved) if resolved else {},
+            "results": [r.as_dict() for r in results],
+        }
         args.json.write_text(json.dumps(payload, indent=1))
     return 0
 

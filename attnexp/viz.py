@@ -11,6 +11,7 @@ Attention maps (one ``checkpoint=`` per model, shown side by side on the same im
                       folder (<class>/<image> layout, or images directly in it)
   n=16                number of images (rows)
   out=viz             output folder: attention_grid.png, <model>_channel.png, <model>_branch.png
+                      (out=<file>.png: the grid there, <file>_<model>_channel.png ... beside it)
   maps=last           spatial maps per stage: last (last module of each stage), mean (mean
                       over the stage's modules) or all (one column per module)
   cam=gradcam         gradcam, gradcam++, both (comma-separated) or none
@@ -24,6 +25,8 @@ Attention maps (one ``checkpoint=`` per model, shown side by side on the same im
   channels=heatmap    channel-weight plot: heatmap or hist
   name=attention_grid file name (without .png) of the grid
   device=cpu          cpu or cuda
+  threads=0           CPU threads for torch (0 = torch's default; 1 is fastest for small
+                      models on a busy, shared machine)
   force=false         overwrite existing files (never done without it)
 
 Curves: ``curves=<dir>`` writes <out>/curves.png (or ``out=<file>.png``): loss and top-1
@@ -56,6 +59,7 @@ DEFAULTS: dict[str, str] = {
     "channels": "heatmap",
     "name": "attention_grid",
     "device": "cpu",
+    "threads": "0",
     "force": "false",
 }
 ALIASES = {"checkpoints": "checkpoint", "ckpt": "checkpoint", "image": "images", "output": "out"}
@@ -165,7 +169,10 @@ def draw_attention(args: VizArgs) -> list[Path]:
             raise ConfigError(f"cam={c!r}: valid choices: {', '.join(CAM_METHODS)}, none")
     out = Path(args.get("out")).expanduser()
     force = args.as_bool("force")
-    grid_path = out / f"{args.get('name')}.png"
+    if out.suffix.lower() == ".png":  # out=<file>.png: the grid there, other plots beside it
+        grid_path, out, prefix = out, out.parent, f"{out.stem}_"
+    else:
+        grid_path, prefix = out / f"{args.get('name')}.png", ""
     _check_free([grid_path], force)
 
     runs = load_models(args.checkpoint, args.get("which"), args.get("device"))
@@ -194,9 +201,9 @@ def draw_attention(args: VizArgs) -> list[Path]:
         )
         br = branch_figure(p.modules, f"{p.label}: branch attention on {len(batch.names)} images")
         if ch is not None:
-            figures[out / f"{slug(p.label)}_channel.png"] = ch
+            figures[out / f"{prefix}{slug(p.label)}_channel.png"] = ch
         if br is not None:
-            figures[out / f"{slug(p.label)}_branch.png"] = br
+            figures[out / f"{prefix}{slug(p.label)}_branch.png"] = br
     _check_free(list(figures), force)
     return [save_figure(fig, path, force=force) for path, fig in figures.items()]
 
@@ -214,6 +221,10 @@ def draw_curves(args: VizArgs) -> Path:
 def run(argv: Sequence[str]) -> list[Path]:
     """Parse ``argv`` and draw; returns the files written."""
     args = parse_args(argv)
+    if args.as_int("threads") > 0:
+        import torch
+
+        torch.set_num_threads(args.as_int("threads"))
     written: list[Path] = []
     if args.checkpoint:
         written += draw_attention(args)

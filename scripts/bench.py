@@ -319,10 +319,10 @@ def bench_epochs(args: argparse.Namespace) -> None:
         overrides = [
             f"model={model_name}", "data=synthetic", f"data.num_train={args.num_train}",
             "data.num_val=100", "data.num_test=100", f"data.batch_size={args.cifar_batch}",
-            f"trainer.max_epochs={args.epochs}", "+trainer.limit_val_batches=0", "test=false",
-            "logger=none", "callbacks=none", "+trainer.enable_progress_bar=false",
+            f"trainer.max_epochs={args.epochs}", "++trainer.limit_val_batches=0", "test=false",
+            "logger=none", "callbacks=none", "++trainer.enable_progress_bar=false",
             f"trainer.accelerator={'gpu' if args.device == 'cuda' else 'cpu'}",
-            "+callbacks.bench_timer._target_=__main__.EpochTimer", "seed=0",
+            "++callbacks.bench_timer._target_=__main__.EpochTimer", "seed=0",
         ]  # fmt: skip
         with hydra_session() as compose:
             base = compose(overrides)
@@ -424,6 +424,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, help="torch intra-op threads (default: all)")
     parser.add_argument("--json", type=Path, help="write the results here")
     args = parser.parse_args(argv)
+    sys.stdout.reconfigure(line_buffering=True)  # progress shows when piped to a file
     q = args.quick
     args.batch = args.batch or (4 if q else 16)
     args.steps = args.steps or (3 if q else 10)

@@ -35,16 +35,25 @@ DEFAULT_ROOT = "~/.cache/attnexp-data/cifar10-jpg"
 
 
 class EpochTimer(L.Callback):
-    """Wall time of each training epoch (first batch start to epoch end), for ``train``."""
+    """Epoch wall time and per-step times (between consecutive batch ends), for ``train``.
+
+    Per-step times include everything Lightning does between two optimiser steps (fetching
+    the batch, logging, metrics, progress bar); their median is robust to bursts of load
+    from other jobs on a shared machine.
+    """
 
     seconds: list[float] = []
     batches: list[int] = []
+    steps: list[float] = []
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._start = time.perf_counter()
+        self._start = self._last = time.perf_counter()
         self._count = 0
 
     def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
+        now = time.perf_counter()
+        EpochTimer.steps.append(now - self._last)
+        self._last = now
         self._count += 1
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -215,7 +224,13 @@ def bench_loader(
 
 # ----------------------------------------------------------------------------- train
 def bench_train(
-    root: Path, cache_dir: Path, limit: int, epochs: int, batch_size: int, repeats: int
+    root: Path,
+    cache_dir: Path,
+    limit: int,
+    epochs: int,
+    batch_size: int,
+    repeats: int,
+    extra: list[str],
 ) -> None:
     from hydra import compose, initialize_config_module
     from hydra.core.global_hydra import GlobalHydra
@@ -247,6 +262,7 @@ def bench_train(
         "test=false",
         "seed=0",
         "+callbacks.bench_timer._target_=__main__.EpochTimer",
+        *extra,
     ]
     GlobalHydra.instance().clear()
     with initialize_config_module(config_module="attnexp.conf", version_base="1.3"):
@@ -254,19 +270,20 @@ def bench_train(
     print(
         f"\ntrain: ResNet-20, {batches} batches of {batch_size} = {batches * batch_size:,} images per epoch, "
         f"{epochs} epoch(s), device {'cuda' if torch.cuda.is_available() else 'cpu'}, "
-        f"{torch.get_num_threads()} threads; {repeats} alternating repeat(s)"
+        f"{torch.get_num_threads()} threads; {repeats} alternating repeat(s); extra overrides: {extra}"
     )
 
-    def attnexp_run(i: int) -> float:
+    def attnexp_run(i: int) -> tuple[float, list[float]]:
         cfg = base.copy()
         with open_dict(cfg):
             cfg.paths.output_dir = str(out / f"run{i}")
-        EpochTimer.seconds.clear()
-        EpochTimer.batches.clear()
+        for record in (EpochTimer.seconds, EpochTimer.batches, EpochTimer.steps):
+            record.clear()
         train(cfg)
-        return sum(b * batch_size for b in EpochTimer.batches) / sum(EpochTimer.seconds)
+        images = sum(b * batch_size for b in EpochTimer.batches)
+        return images / sum(EpochTimer.seconds), list(EpochTimer.steps)
 
-    def bare_run() -> float:
+    def bare_run() -> tuple[float, list[float]]:
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         torch.manual_seed(0)
         dm = build_datamodule(to_dict(base.data))
@@ -275,35 +292,49 @@ def bench_train(
         criterion = torch.nn.CrossEntropyLoss()
         loader = dm.train_dataloader().to(device)
         model.train()
-        seen, elapsed = 0, 0.0
+        seen, elapsed, steps = 0, 0.0, []
         for _ in range(epochs):
-            start = time.perf_counter()
+            start = last = time.perf_counter()
             for x, y in itertools.islice(loader, batches):
                 loss = criterion(model(x), y)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
                 seen += y.numel()
+                now = time.perf_counter()
+                steps.append(now - last)
+                last = now
             if device.type == "cuda":
                 torch.cuda.synchronize()
             elapsed += time.perf_counter() - start
-        return seen / elapsed
+        return seen / elapsed, steps
 
-    results: dict[str, list[float]] = {"bare PyTorch loop": [], "attnexp.run.train": []}
-    for i in range(repeats):
-        results["bare PyTorch loop"].append(bare_run())
-        results["attnexp.run.train"].append(attnexp_run(i))
-    bare = statistics.median(results["bare PyTorch loop"])
+    names = ("bare PyTorch loop", "attnexp.run.train")
+    rates: dict[str, list[float]] = {name: [] for name in names}
+    steps: dict[str, list[float]] = {name: [] for name in names}
+    for i in range(repeats):  # alternate, so both see the same background load
+        for name, run in zip(names, (bare_run, lambda i=i: attnexp_run(i))):
+            rate, step_times = run()
+            rates[name].append(rate)
+            steps[name].extend(step_times)
+    bare_rate = statistics.median(rates[names[0]])
+    bare_step = statistics.median(steps[names[0]])
     rows = []
-    for name, rates in results.items():
-        med = statistics.median(rates)
+    for name in names:
+        med_rate, med_step = statistics.median(rates[name]), statistics.median(steps[name])
         rows.append(
-            (name, f"{med:,.0f}", ", ".join(f"{r:,.0f}" for r in rates), f"{med / bare:.3f}")
+            (
+                name,
+                ", ".join(f"{r:,.1f}" for r in rates[name]),
+                f"{med_rate / bare_rate:.3f}",
+                f"{batch_size / med_step:,.1f}",
+                f"{bare_step / med_step:.3f}",
+            )
         )
     table(
         "training throughput (train epochs only; validation off)",
         rows,
-        ("path", "median images/s", "each repeat", "ratio to bare"),
+        ("path", "epoch images/s, each repeat", "ratio (median)", "median-step images/s", "ratio"),
     )
 
 
@@ -330,6 +361,12 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument(
         "--only", default="decode,loader,train", help="comma-separated sections to run"
+    )
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
+    parser.add_argument(
+        "overrides",
+        nargs="*",
+        help="extra Hydra overrides for the attnexp run, e.g. callbacks.progress=null",
     )
     args = parser.parse_args(argv)
     root = Path(os.path.expanduser(args.root))
@@ -358,7 +395,9 @@ def main(argv: list[str] | None = None) -> None:
             [int(w) for w in args.workers.split(",")],
         )
     if "train" in sections:
-        bench_train(root, cache_dir, args.limit, args.epochs, args.batch_size, args.repeats)
+        bench_train(
+            root, cache_dir, args.limit, args.epochs, args.batch_size, args.repeats, args.overrides
+        )
 
 
 if __name__ == "__main__":

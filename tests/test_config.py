@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import compose_config
+from attnexp.compose import compose_config
 from omegaconf import OmegaConf
 
 CONF = Path(__file__).resolve().parents[1] / "attnexp" / "conf"

@@ -7,7 +7,7 @@ import string
 
 import pytest
 import torch
-from conftest import compose_config
+from attnexp.compose import compose_config
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 

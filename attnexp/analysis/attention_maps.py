@@ -38,7 +38,7 @@ from attnexp.errors import ConfigError
 
 SPLITS = ("train", "val", "test")
 MAP_MODES = ("last", "mean", "all")
-_STAGE = re.compile(r"^(?P<prefix>(?:.*\.)?layer(?P<num>\d+))(?:\.(?P<rest>.*))?$")
+_STAGE = re.compile(r"^(?P<prefix>(?:.*?\.)?layer(?P<num>\d+))(?:\.(?P<rest>.*))?$")
 _SPATIAL_PRIORITY = ("spatial", "position")
 
 
@@ -601,6 +601,7 @@ def attention_grid(
         x += lay.group_gap - lay.gap
     # One image holding every cell, placed pixel for pixel: fast, and the PNG size is exact.
     fig.figimage(canvas, xo=0, yo=0, origin="upper", resize=False)
+    fig.add_axes((0, 0, 1, 1)).set_axis_off()  # IPython does not display figures without axes
     return fig
 
 

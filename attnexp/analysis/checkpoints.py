@@ -170,6 +170,9 @@ def load_models(
     if len({m.label for m in loaded}) < len(loaded) and len(labels) == len(loaded):
         for m in loaded:
             m.label = labels[m.run_dir]  # type: ignore[index]
+    if len({m.label for m in loaded}) < len(loaded):  # e.g. best and last of one run
+        for m in loaded:
+            m.label = f"{m.label} ({m.checkpoint.stem})"
     return loaded
 
 

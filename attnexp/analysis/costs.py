@@ -197,6 +197,9 @@ def _meta_copy(model: nn.Module) -> nn.Module:
         memo[id(p)] = nn.Parameter(torch.empty_like(p, device="meta"), p.requires_grad)
     for b in model.buffers():
         memo[id(b)] = torch.empty_like(b, device="meta")
+    compiled = model.__dict__.get("_compiled_call_impl")
+    if compiled is not None:  # nn.Module.compile(): count the eager forward
+        memo[id(compiled)] = None
     return copy.deepcopy(model, memo)
 
 
@@ -222,7 +225,7 @@ def _run(model: nn.Module, input_shape: tuple[int, ...], device: torch.device) -
         x = torch.zeros(input_shape, device=device)
         with torch.no_grad(), mode:
             mode.mark_input(x)
-            model(x)
+            model._call_impl(x)  # the eager forward with hooks, even after model.compile()
     finally:
         for h in handles:
             h.remove()

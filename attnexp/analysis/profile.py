@@ -412,7 +412,7 @@ def profile_config(cfg: DictConfig, settings: Settings, label: str = "") -> Prof
     )
     model = build_from_config(cfg)
     num_classes = int(cfg.model.get("num_classes") or cfg.data.get("num_classes") or 1000)
-    return profile_model(
+    result = profile_model(
         model,
         image_size=size,
         num_classes=num_classes,
@@ -421,6 +421,24 @@ def profile_config(cfg: DictConfig, settings: Settings, label: str = "") -> Prof
         model_name=str(cfg.model.name),
         attention=attention_label(cfg),
     )
+    usual = _usual_size(str(cfg.model.name))
+    if usual and usual != size:
+        hint = (
+            f"profiled at {size}x{size} (data.image_size of data={cfg.data.get('name')}); "
+            f"{cfg.model.name} is usually run at {usual}x{usual}: add data=imagenet or "
+            f"data.image_size={usual}"
+        )
+        result.note = f"{result.note}; {hint}" if result.note else hint
+    return result
+
+
+def _usual_size(model: str) -> int | None:
+    from attnexp.models import model_info
+
+    try:
+        return model_info(model).default_image_size
+    except Exception:  # noqa: BLE001 - unknown model: no hint
+        return None
 
 
 def is_sweep(override: str) -> bool:

@@ -2,7 +2,7 @@
 
 Enable the callback next to the default ones (checkpoints, progress, lr monitor)::
 
-    attnexp-train callbacks=[default,attention_maps] logger=[csv,wandb] ...
+    attnexp-train callbacks=[default,attention_maps] logger=wandb ...
 
 It takes the first batch of the validation set, draws the grid of
 :func:`attnexp.analysis.attention_maps.attention_grid` (input | attention maps per stage |

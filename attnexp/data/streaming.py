@@ -24,7 +24,7 @@ and the file is recorded in a flag tensor in shared memory, so the main process 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import lightning as L
@@ -284,7 +284,7 @@ class StreamingDataModule(L.LightningDataModule):
             )
 
 
-def build_imagenet(cfg: dict[str, Any]) -> L.LightningDataModule:
+def build_imagenet(cfg: Mapping[str, Any]) -> L.LightningDataModule:
     """``data=imagenet``: ILSVRC-2012 in the ImageFolder layout, streamed, ResNet recipe."""
     from attnexp.data.folder import build_imagefolder
     from attnexp.data.options import get_path
@@ -297,4 +297,14 @@ def build_imagenet(cfg: dict[str, Any]) -> L.LightningDataModule:
             f"ILSVRC2012 so that <root>/train/<wnid>/*.JPEG and <root>/val/<wnid>/*.JPEG exist (sort the "
             f"val images into class folders first) and set data.root=/path/to/imagenet"
         )
-    return build_imagefolder(cfg, recipe_default="imagenet", in_memory_default="false")
+    defaults = {
+        "train_split": "train",
+        "val_split": "val",
+        "test_split": "val",
+        "num_classes": 1000,
+    }
+    defaults.update(
+        {"image_size": 224, "resize_size": 256, "batch_size": 256, "prefetch_factor": 4}
+    )
+    merged = {**defaults, **cfg}  # the config's keys (even null ones) win over these defaults
+    return build_imagefolder(merged, recipe_default="imagenet", in_memory_default="false")

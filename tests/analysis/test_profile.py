@@ -36,9 +36,9 @@ def test_saved_activations_on_meta_equal_a_real_forward() -> None:
 
 
 def test_profile_model_measures_speed() -> None:
-    settings = prof.Settings(device="cpu", batch=2, steps=1, warmup=0).resolved(None, 32)
+    settings = prof.Settings(device="cpu", batch=2, steps=1, warmup=0).resolved(None, 16)
     assert settings.precision == "32-true" and settings.batch == 2
-    result = prof.profile_model(resnet20(), image_size=32, num_classes=10, settings=settings)
+    result = prof.profile_model(resnet20(), image_size=16, num_classes=10, settings=settings)
     assert result.costs.params == 269_722
     assert result.train_images_per_s > 0 and result.infer_images_per_s > 0
     assert result.activation_method == prof.SAVED_TENSORS_METHOD

@@ -39,6 +39,7 @@ def test_imagenet_transforms_sizes_and_centre_crop() -> None:
         torch.arange(300 * 400, dtype=torch.int64)
         .remainder(251)
         .to(torch.uint8)
+        .view(1, 300, 400)
         .expand(3, 300, 400)
     )
     assert train(img).shape == (3, 224, 224) and train(img).dtype == torch.uint8

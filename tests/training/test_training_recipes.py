@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 
 import pytest
-from conftest import compose_config
+from attnexp.compose import compose_config
 from omegaconf import OmegaConf
 from train_support import TINY
 

@@ -7,7 +7,7 @@ import math
 
 import pytest
 import torch
-from conftest import compose_config
+from attnexp.compose import compose_config
 from hydra.utils import instantiate
 from torch import nn
 from train_support import TINY, StepTrace, train_with

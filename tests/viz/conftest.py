@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -52,18 +52,44 @@ def untrained_run(run_dir: Path, *overrides: str) -> Path:
     return run_dir
 
 
+@pytest.fixture(autouse=True)
+def one_thread() -> Iterator[None]:
+    """Tiny models run fastest on one thread, most of all on a busy shared CPU."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Trained ``cbam`` (seed 0, with the attention-map callback) and ``cbam_seed1``; an
     untrained baseline ``none``."""
     root = tmp_path_factory.mktemp("viz_runs")
-    return {
-        "none": untrained_run(root / "none", "attention=none"),
-        "cbam": train_run(
-            root / "cbam", "attention=cbam", "callbacks=[default,attention_maps]", "seed=0"
-        ),
-        "cbam_seed1": train_run(root / "cbam_seed1", "attention=cbam", "seed=1"),
-    }
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return {
+            "none": untrained_run(root / "none", "attention=none"),
+            "cbam": train_run(
+                root / "cbam", "attention=cbam", "callbacks=[default,attention_maps]", "seed=0"
+            ),
+            "cbam_seed1": train_run(root / "cbam_seed1", "attention=cbam", "seed=1"),
+        }
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.fixture
+def tiny_train() -> Callable[..., Path]:
+    """:func:`train_run` as a fixture: ``tiny_train(run_dir, *overrides)``."""
+    return train_run
+
+
+@pytest.fixture
+def untrained() -> Callable[..., Path]:
+    """:func:`untrained_run` as a fixture: ``untrained(run_dir, *overrides)``."""
+    return untrained_run
 
 
 @pytest.fixture

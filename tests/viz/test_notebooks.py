@@ -38,6 +38,7 @@ def test_notebook_executes(path: Path, tmp_path: Path, monkeypatch: pytest.Monke
     """Runs with the venv's python3 kernel, ATTNEXP_NOTEBOOK_TINY=1, outputs under tmp_path."""
     monkeypatch.setenv("ATTNEXP_NOTEBOOK_TINY", "1")
     monkeypatch.setenv("ATTNEXP_NOTEBOOK_OUT", str(tmp_path))
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
     monkeypatch.setenv(
         "PATH", f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
     )

@@ -209,3 +209,37 @@ def test_curves_from_real_csv(runs: dict[str, Path], tmp_path: Path, viz) -> Non
     assert_not_blank(pixels)
     with pytest.raises(ConfigError, match="no CSV logs"):
         viz(f"curves={tmp_path / 'c.png'}", f"out={tmp_path / 'd.png'}")
+
+
+def test_imagefolder_run_uses_its_own_data_config(tmp_path: Path, viz, untrained) -> None:
+    """A run on data=imagefolder (as the real CIFAR-10 JPEGs): images=test rebuilds its data
+    config (class folders, mean/std computed from its training images)."""
+    rng = np.random.default_rng(0)
+    root = tmp_path / "folder"
+    for split, count in (("train", 4), ("test", 3)):
+        for cls in ("cat", "dog"):
+            (root / split / cls).mkdir(parents=True)
+            for i in range(count):
+                pixels = rng.integers(0, 255, (40, 36, 3), dtype=np.uint8)
+                Image.fromarray(pixels).save(root / split / cls / f"{i}.jpg")
+    run_dir = untrained(
+        tmp_path / "run",
+        "data=imagefolder",
+        f"data.root={root}",
+        "data.num_classes=2",
+        "attention=cbam",
+    )
+    m = load_model(run_dir)
+    batch = load_images("test", m, n=4)
+    assert batch.names == ["cat", "dog", "cat", "dog"] and batch.labels == [0, 1, 0, 1]
+    assert batch.images.shape == (4, 3, 32, 32)
+    info = data_info(m.cfg)
+    assert info.class_names == ("cat", "dog") and 0.3 < info.mean[0] < 0.7
+    (grid,) = [
+        p
+        for p in viz(f"checkpoint={run_dir}", "images=test", "n=4", f"out={tmp_path / 'o'}")
+        if "grid" in p.name
+    ]
+    assert png(grid).shape[1::-1] == grid_pixel_size(4, [1, 3 + 1])
+    folder_batch = load_images(root / "test", m, n=2)
+    assert folder_batch.labels == [0, 1]

@@ -88,3 +88,17 @@ def test_log_sweep_table_needs_a_run(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(wandb, "run", None)
     with pytest.raises(RuntimeError, match="wandb.init"):
         log_sweep_table([{"a": 1}])
+
+
+@pytest.mark.slow
+def test_offline_wandb_run_gets_the_images(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tiny_train
+) -> None:
+    """End to end with a real (offline) wandb run: the grid lands in the run's media."""
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    run_dir = tiny_train(
+        tmp_path / "run", "attention=cbam", "logger=wandb", "callbacks=[default,attention_maps]"
+    )
+    assert (run_dir / "attention_maps.png").is_file()
+    media = list((run_dir / "wandb").rglob("media/images/attention_maps*.png"))
+    assert media, sorted(str(p) for p in (run_dir / "wandb").rglob("*"))[:30]
