@@ -141,5 +141,16 @@ def build_trainer(cfg: DictConfig, callbacks: list[L.Callback], loggers: list[An
     kwargs.setdefault("default_root_dir", str(cfg.paths.output_dir))
     plugins = list(kwargs.pop("plugins", None) or [])
     plugins.append(AtomicCheckpointIO())
+    if not loggers:  # logger=none: nothing to monitor the lr into (Lightning refuses it)
+        from lightning.pytorch.callbacks import LearningRateMonitor
+
+        callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
     callbacks = [*callbacks, ExactResume()]
-    return L.Trainer(callbacks=callbacks, logger=loggers or False, plugins=plugins, **kwargs)
+    trainer = L.Trainer(callbacks=callbacks, logger=loggers or False, plugins=plugins, **kwargs)
+    distributed = trainer.world_size > 1 or "ddp" in type(trainer.strategy).__name__.lower()
+    if training.get("sync_bn") and distributed and trainer.strategy.root_device.type == "cpu":
+        raise ConfigError(
+            "training.sync_bn=true needs GPUs: torch's SyncBatchNorm does not run on CPU "
+            "(DDP refuses it). Drop training.sync_bn for CPU runs."
+        )
+    return trainer

@@ -259,7 +259,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         raise
     finally:
         _close_loggers(run, status)
-    write_metrics(run_dir_of(run.cfg), record, overwrite=_may_overwrite(run_dir_of(run.cfg)))
+    write_metrics(run_dir_of(run.cfg), record, overwrite=_may_overwrite(run))
     return record
 
 
@@ -284,15 +284,18 @@ def _previous_resumes(plan: resume_mod.ResumePlan) -> list[dict[str, Any]]:
     return list((previous.get("training") or {}).get("resumes") or [])
 
 
-def _may_overwrite(run_dir: Path) -> bool:
-    """A record may replace an earlier one only if that run did not complete (resume)."""
-    return resume_mod.previous_status(run_dir) != "completed"
+def _may_overwrite(run: _Run) -> bool:
+    """A record replaces an earlier one in the same run dir only when that run did not
+    complete, or when this run continues it (resume, e.g. with more epochs)."""
+    if run.plan is not None and run.plan.in_place:
+        return True
+    return resume_mod.previous_status(run_dir_of(run.cfg)) != "completed"
 
 
 def _record_failure(run: _Run, status: str, err: BaseException) -> None:
     try:
         run_dir = run_dir_of(run.cfg)
-        if not _may_overwrite(run_dir):  # never replace a completed run's record
+        if not _may_overwrite(run):  # e.g. a config error when starting in a finished run dir
             return
         record = run.record(status, err)
         if status == "interrupted":

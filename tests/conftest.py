@@ -15,7 +15,8 @@ from attnexp.runtime import register_resolvers
 
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
-torch.set_num_threads(min(2, torch.get_num_threads()))
+# Tiny tensors: one thread is faster, and avoids oversubscription when tests spawn processes.
+torch.set_num_threads(1)
 register_resolvers()
 
 

@@ -222,18 +222,21 @@ def load_split(
     return split
 
 
-def channel_stats(images: torch.Tensor, chunk: int = 4096) -> tuple[list[float], list[float]]:
-    """Per-channel mean and std in [0, 1] of uint8 images, without a float copy of them all."""
-    total = torch.zeros(images.shape[1], dtype=torch.float64)
-    squares = torch.zeros_like(total)
-    for start in range(0, images.shape[0], chunk):
-        x = images[start : start + chunk].to(torch.float64)
-        total += x.sum((0, 2, 3))
-        squares += (x * x).sum((0, 2, 3))
-    count = images.shape[0] * images.shape[2] * images.shape[3]
-    mean = total / count
-    std = (squares / count - mean * mean).clamp_min(0).sqrt()
-    return (mean / 255).tolist(), (std / 255).clamp_min(1e-3).tolist()
+def channel_stats(images: torch.Tensor) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std in [0, 1] of uint8 images, exactly, from value histograms.
+
+    A histogram of the 256 values per channel gives both moments without a float copy of
+    the data (a float64 pass over CIFAR-10 takes ~10 s on a small CPU; this takes ~1 s).
+    """
+    values = torch.arange(256, dtype=torch.float64)
+    mean, std = [], []
+    for c in range(images.shape[1]):
+        hist = torch.bincount(images[:, c].reshape(-1), minlength=256).to(torch.float64)
+        m = float((hist * values).sum() / hist.sum())
+        var = float((hist * (values - m) ** 2).sum() / hist.sum())
+        mean.append(m / 255)
+        std.append(max(var**0.5 / 255, 1e-3))
+    return mean, std
 
 
 def holdout(n: int, val_size: int, seed: int, what: str) -> tuple[torch.Tensor, torch.Tensor]:

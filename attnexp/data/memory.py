@@ -95,14 +95,9 @@ def cutout(x: torch.Tensor, size: int, generator: torch.Generator | None = None)
 
 def mix_seed(*parts: int) -> int:
     """A well-spread 63-bit seed from integers (seed, epoch, batch): no nearby collisions."""
-    return (
-        int(
-            np.random.SeedSequence([int(p) & 0xFFFFFFFF for p in parts]).generate_state(
-                1, np.uint64
-            )[0]
-        )
-        >> 1
-    )
+    words = [int(p) & 0xFFFFFFFF for p in parts]
+    state = np.random.SeedSequence(words).generate_state(1, np.uint64)[0]
+    return int(state) >> 1
 
 
 class _EpochSetter:

@@ -26,8 +26,9 @@ def _backbone(pl_module: L.LightningModule) -> nn.Module:
 class EMA(L.Callback):
     """Exponential moving average of the weights; validation and test use the averaged weights.
 
-    After every optimizer step: ``ema = d * ema + (1 - d) * w`` for floating-point parameters,
-    and buffers (BN running statistics) are copied from the model. With ``warmup`` the decay
+    After every optimizer step: ``ema = d * ema + (1 - d) * w`` for every floating-point
+    entry of the state dict (weights and BN running statistics, as timm's ModelEmaV2);
+    integer buffers (BN batch counters) are copied. With ``warmup`` the decay
     ramps as ``d_t = min(decay, (1 + t) / (10 + t))`` so early averages are not dominated by
     the random initialisation (timm's ModelEmaV2 does the same). The EMA weights are part of
     the callback's checkpoint state, so a resumed run continues the same average, and the test

@@ -164,6 +164,9 @@ class WandbLogger(_LightningWandbLogger):
             try:
                 run = self._init("online")
             except Exception as err:  # unreachable server, bad key, timeout: keep training
+                import wandb
+
+                wandb.teardown()  # the failed attempt still holds the run id
                 warnings.warn(
                     f"wandb could not start online ({type(err).__name__}: {err}); logging offline "
                     f"instead. Upload later with `wandb sync {self._save_dir}/wandb/offline-run-*`.",

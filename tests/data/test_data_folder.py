@@ -14,7 +14,7 @@ from PIL import Image
 from attnexp.data import build_datamodule
 from attnexp.data.datamodule import InMemoryDataModule
 from attnexp.data.decode import decode_rgb
-from attnexp.data.folder import cache_key, list_images, load_split
+from attnexp.data.folder import cache_key, channel_stats, list_images, load_split
 from attnexp.data.streaming import StreamingDataModule
 from attnexp.errors import ConfigError
 
@@ -185,3 +185,11 @@ def test_val_size_holds_out_part_of_train(folder_root: Path) -> None:
     assert dm.split_sizes == {"train": 12, "test": 12, "val": 4}
     with pytest.raises(ConfigError, match="either data.val_split"):
         build_datamodule(folder_cfg(folder_root, val_size=4, val_split="test"))
+
+
+def test_channel_stats_are_exact() -> None:
+    images = torch.randint(0, 256, (200, 3, 6, 5), dtype=torch.uint8)
+    mean, std = channel_stats(images)
+    x = images.double() / 255
+    assert torch.allclose(torch.tensor(mean, dtype=torch.float64), x.mean((0, 2, 3)))
+    assert torch.allclose(torch.tensor(std, dtype=torch.float64), x.std((0, 2, 3), unbiased=False))

@@ -184,3 +184,10 @@ def test_reference_numbers_are_the_published_ones() -> None:
     # ECA publishes accuracy: shown as error = 100 - acc
     assert reference_table("eca_kernel").row("k9").top1_err == pytest.approx(100 - 77.48)
     assert reference_table("sk_kernels").row("k3_k5_sk").top1_err == 20.79
+
+
+def test_the_zoo_preset_covers_every_registered_module() -> None:
+    zoo = set(group_options("variant/zoo"))
+    assert zoo == set(available()), "conf/variant/zoo/<name>.yaml for every registered module"
+    swept = split_sweep_values(preset_sweep("zoo_cifar")["variant"])
+    assert swept[0] == "zoo/none" and sorted(swept) == sorted(f"zoo/{n}" for n in zoo)

@@ -28,10 +28,16 @@ def test_ema_update_rule_and_eval_swap() -> None:
     ema.on_train_batch_end(trainer, pl_module, None, None, 0)
     weight = model[0].weight
     assert torch.allclose(ema.weights["0.weight"], start["0.weight"] + 0.5)  # halfway
-    assert torch.equal(ema.weights["1.running_mean"], torch.full((2,), 3.0))  # buffers copied
+    assert torch.allclose(ema.weights["1.running_mean"], torch.full((2,), 1.5))  # BN stats averaged
+    model[1].num_batches_tracked.fill_(7)
+    ema.on_train_batch_end(trainer, pl_module, None, None, 0)
+    assert int(ema.weights["1.num_batches_tracked"]) == 7  # integer buffers copied
+    with torch.no_grad():
+        for p in model.parameters():
+            p.sub_(1.0)  # the raw weights move back; the EMA is 3/4 of the way to start + 1
     trained = weight.detach().clone()
     ema.on_validation_epoch_start(trainer, pl_module)
-    assert torch.allclose(weight, start["0.weight"] + 0.5)  # evaluation sees the EMA
+    assert torch.allclose(weight, start["0.weight"] + 0.75)  # evaluation sees the EMA
     ema.on_validation_epoch_end(trainer, pl_module)
     assert torch.equal(weight, trained)  # training continues on the raw weights
     assert EMA(decay=0.9999).current_decay() == pytest.approx(0.1)  # warm-up: (1+0)/(10+0)
@@ -40,8 +46,14 @@ def test_ema_update_rule_and_eval_swap() -> None:
 def test_ema_changes_evaluation_and_is_checkpointed(make_cfg, tmp_path, monkeypatch) -> None:
     common = [*TINY, "trainer.max_epochs=2", "trainer.limit_train_batches=2"]
     plain = train(make_cfg(*common, run_dir=tmp_path / "plain"))
-    with_ema = train(make_cfg(*common, "callbacks.ema.enabled=true", "callbacks.ema.decay=0.5",
-                              run_dir=tmp_path / "ema"))
+    with_ema = train(
+        make_cfg(
+            *common,
+            "callbacks.ema.enabled=true",
+            "callbacks.ema.decay=0.5",
+            run_dir=tmp_path / "ema",
+        )
+    )
     assert plain["training"]["ema"] is False and with_ema["training"]["ema"] is True
     assert with_ema["training"]["ema_decay"] == 0.5
     # same seed and data, so training is identical; only the evaluated weights differ
@@ -50,8 +62,9 @@ def test_ema_changes_evaluation_and_is_checkpointed(make_cfg, tmp_path, monkeypa
     ckpt = torch.load(tmp_path / "ema/checkpoints/last.ckpt", weights_only=False)
     state = ckpt["callbacks"]["EMA"]
     assert state["num_updates"] == 4
-    raw = ckpt["state_dict"]["model.fc.weight"] if "model.fc.weight" in ckpt["state_dict"] else None
-    key = next(k for k in state["weights"] if k.endswith("weight") and state["weights"][k].ndim == 2)
+    key = next(
+        k for k in state["weights"] if k.endswith("weight") and state["weights"][k].ndim == 2
+    )
     raw = ckpt["state_dict"][f"model.{key}"]
     assert not torch.equal(raw, state["weights"][key])
 
@@ -61,7 +74,9 @@ def test_dynamic_conv_temperature_is_annealed_each_epoch() -> None:
 
     model = nn.Sequential(DynamicConv(8, 8, 1), DynamicConv(8, 8, 2))
     logged = {}
-    pl_module = SimpleNamespace(model=model, log=lambda name, value, **kw: logged.update({name: value}))
+    pl_module = SimpleNamespace(
+        model=model, log=lambda name, value, **kw: logged.update({name: value})
+    )
     callback = DynamicConvTemperature(start=30.0, end=1.0, epochs=10)
     seen = []
     for epoch in (0, 5, 10, 20):
@@ -74,7 +89,10 @@ def test_dynamic_conv_temperature_is_annealed_each_epoch() -> None:
 def test_dynamic_conv_callback_is_enabled_from_the_config(make_cfg) -> None:
     from attnexp.builders import build_callbacks
 
-    names = [type(c).__name__ for c in build_callbacks(make_cfg("callbacks.dyconv_temperature.enabled=true"))]
+    names = [
+        type(c).__name__
+        for c in build_callbacks(make_cfg("callbacks.dyconv_temperature.enabled=true"))
+    ]
     assert "DynamicConvTemperature" in names and "EMA" not in names
 
 
@@ -90,9 +108,14 @@ def test_bf16_mixed_channels_last_and_compile_run_on_cpu(make_cfg, monkeypatch) 
 
     inspect = Inspect()
     record = train_with(
-        make_cfg(*TINY, "trainer.precision=bf16-mixed", "training.channels_last=true",
-                 "training.compile={backend: eager}"),
-        inspect, monkeypatch=monkeypatch,
+        make_cfg(
+            *TINY,
+            "trainer.precision=bf16-mixed",
+            "training.channels_last=true",
+            "training.compile={backend: eager}",
+        ),
+        inspect,
+        monkeypatch=monkeypatch,
     )
     assert record["status"] == "completed" and record["throughput"]["precision"] == "bf16-mixed"
     assert record["test"]["top1_err"] is not None
@@ -107,19 +130,44 @@ def test_unknown_precision_is_a_config_error(make_cfg) -> None:
         build_trainer(make_cfg("trainer.precision=fp8"), [], [])
 
 
+def test_sync_bn_is_refused_on_cpu_ddp(make_cfg) -> None:
+    """torch's SyncBatchNorm only runs on GPUs: say so when the trainer is built."""
+    from attnexp.builders import build_trainer
+    from attnexp.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="sync_bn"):
+        build_trainer(
+            make_cfg("training.sync_bn=true", "trainer.strategy=ddp", "trainer.accelerator=cpu"),
+            [],
+            [],
+        )
+    # one process without DDP: nothing to synchronise, no conversion, no error
+    build_trainer(make_cfg("training.sync_bn=true", "trainer.accelerator=cpu"), [], [])
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_sync_bn_under_ddp(make_cfg, monkeypatch) -> None:
     """training.sync_bn=true with trainer.strategy=ddp converts every BatchNorm to
-    SyncBatchNorm for training (one CPU process with gloo here) and back afterwards."""
+    SyncBatchNorm for training (one GPU process here) and back afterwards."""
     import lightning as L
 
     class Check(L.Callback):
         def on_train_start(self, trainer, pl_module) -> None:
-            self.kinds = {type(m).__name__ for m in pl_module.modules() if "BatchNorm" in type(m).__name__}
+            self.kinds = {
+                type(m).__name__ for m in pl_module.modules() if "BatchNorm" in type(m).__name__
+            }
 
     check = Check()
-    record = train_with(
-        make_cfg(*TINY, "training.sync_bn=true", "trainer.strategy=ddp", "trainer.devices=1", "test=false"),
-        check, monkeypatch=monkeypatch,
+    cfg = make_cfg(
+        "+debug=smoke",
+        "callbacks.progress=null",
+        "trainer.accelerator=gpu",
+        "training.sync_bn=true",
+        "trainer.strategy=ddp",
+        "trainer.devices=1",
+        "test=false",
     )
+    record = train_with(cfg, check, monkeypatch=monkeypatch)
     assert record["status"] == "completed"
     assert check.kinds == {"SyncBatchNorm"}

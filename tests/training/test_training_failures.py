@@ -15,13 +15,19 @@ from attnexp.run import train
 from attnexp.training.module import NonFiniteLossError, nonfinite_message
 
 
-def test_nan_loss_stops_with_message_and_keeps_the_last_good_checkpoint(make_cfg, tmp_path: Path) -> None:
+def test_nan_loss_stops_with_message_and_keeps_the_last_good_checkpoint(
+    make_cfg, tmp_path: Path
+) -> None:
     """Epoch 0 trains at lr 0.1 (checkpoint saved); from epoch 1 the lr is 1e6 and the
     run blows up. It must stop, say why, and leave epoch 0's finite checkpoint alone."""
     run_dir = tmp_path / "run"
     cfg = make_cfg(
-        *TINY, "trainer.max_epochs=3", "training.nonfinite_check_every=1",
-        "scheduler=multistep", "scheduler.milestones=[1]", "scheduler.gamma=1e7",
+        *TINY,
+        "trainer.max_epochs=3",
+        "training.nonfinite_check_every=1",
+        "scheduler=multistep",
+        "scheduler.milestones=[1]",
+        "scheduler.gamma=1e7",
     )
     with pytest.raises(NonFiniteLossError) as info:
         train(cfg)
@@ -29,7 +35,9 @@ def test_nan_loss_stops_with_message_and_keeps_the_last_good_checkpoint(make_cfg
     assert "NaN/inf" in message and "optimizer step" in message and "learning rate" in message
     record = metrics(run_dir)
     assert record["status"] == "failed"
-    assert record["error"]["type"] == "NonFiniteLossError" and "NaN/inf" in record["error"]["message"]
+    assert (
+        record["error"]["type"] == "NonFiniteLossError" and "NaN/inf" in record["error"]["message"]
+    )
     assert record["best"]["val_top1_err"] is not None  # epoch 0 was fine and is kept
     last = torch.load(run_dir / "checkpoints/last.ckpt", weights_only=False)
     assert last["epoch"] == 0 and last["global_step"] == 2
@@ -53,7 +61,11 @@ def test_failed_run_in_a_sweep_does_not_stop_the_others(tmp_path: Path) -> None:
     """`-m optimizer.lr=-1,0.1`: job 0 fails (a negative lr is refused when the optimizer is
     built), job 1 still trains; both are recorded, the exit code says something failed."""
     proc = cli(
-        "-m", *TINY, "optimizer.lr=-1,0.1", "test=false", f"hydra.sweep.dir={tmp_path / 'sweep'}",
+        "-m",
+        *TINY,
+        "optimizer.lr=-1,0.1",
+        "test=false",
+        f"hydra.sweep.dir={tmp_path / 'sweep'}",
         cwd=tmp_path,
     )
     out, _ = proc.communicate(timeout=900)

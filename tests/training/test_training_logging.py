@@ -29,14 +29,19 @@ def test_wandb_offline_run_dir_holds_config_and_metrics(make_cfg, tmp_path: Path
     assert run.run_id == run_id_for(run_dir)  # stable per run dir: a resume continues it
     config = {
         item.key: json.loads(item.value_json)
-        for r in records if r.WhichOneof("record_type") == "config"
+        for r in records
+        if r.WhichOneof("record_type") == "config"
         for item in r.config.update
     }
     assert config["seed"] == 3 and config["model"]["name"] == "resnet20"
     assert config["costs"]["params"] == record["costs"]["params"]
     history = [
-        {item.nested_key[0] if item.nested_key else item.key: json.loads(item.value_json) for item in r.history.item}
-        for r in records if r.WhichOneof("record_type") == "history"
+        {
+            item.nested_key[0] if item.nested_key else item.key: json.loads(item.value_json)
+            for item in r.history.item
+        }
+        for r in records
+        if r.WhichOneof("record_type") == "history"
     ]
     val = [h["val/top1_err"] for h in history if "val/top1_err" in h]
     assert val and val[-1] == pytest.approx(record["final"]["val_top1_err"])
@@ -91,5 +96,8 @@ def test_csv_logger_keeps_rows_before_a_resume_point(tmp_path: Path) -> None:
     logger.log_metrics({"val/loss": 1.5, "epoch": 1}, step=7)
     logger.save()
     assert (folder / "metrics.csv").read_text().splitlines() == [
-        "epoch,lr-SGD,step,val/loss", ",0.1,0,", "0,,3,2.5", "1,,7,1.5",
+        "epoch,lr-SGD,step,val/loss",
+        ",0.1,0,",
+        "0,,3,2.5",
+        "1,,7,1.5",
     ]

@@ -6,10 +6,10 @@ from __future__ import annotations
 import math
 
 import pytest
-from attnexp.compose import compose_config
 from omegaconf import OmegaConf
 from train_support import TINY
 
+from attnexp.compose import compose_config
 from attnexp.run import train
 from attnexp.training.optim import lr_lambda, scaled_lr
 
@@ -41,7 +41,7 @@ def test_he2016_decays_at_32k_and_48k_iterations_and_stops_at_64k() -> None:
     # (the paper's split), 163.7 on the full 50k.
     assert 64000 / math.ceil(45000 / 128) == pytest.approx(181.8, abs=0.05)
     assert 64000 / math.ceil(50000 / 128) == pytest.approx(163.7, abs=0.05)
-    assert 64000 * 128 / 45000 == pytest.approx(182.0, abs=0.05)
+    assert pytest.approx(182.0, abs=0.05) == 64000 * 128 / 45000
 
 
 def test_imagenet_recipe_steps_at_30_60_80_and_scales_lr() -> None:
@@ -72,9 +72,16 @@ def test_experiment_and_command_line_override_a_recipe() -> None:
 
 def test_linear_scaling_uses_the_global_batch(make_cfg) -> None:
     """imagenet_resnet on tiny data: 16 images x 2 accumulated batches -> lr 0.1 x 32/256."""
-    record = train(make_cfg(
-        *TINY, "recipe=imagenet_resnet", "data.batch_size=16", "trainer.max_epochs=1",
-        "trainer.accumulate_grad_batches=2", "trainer.limit_train_batches=2", "test=false",
-    ))
+    record = train(
+        make_cfg(
+            *TINY,
+            "recipe=imagenet_resnet",
+            "data.batch_size=16",
+            "trainer.max_epochs=1",
+            "trainer.accumulate_grad_batches=2",
+            "trainer.limit_train_batches=2",
+            "test=false",
+        )
+    )
     assert record["status"] == "completed"
     assert record["training"]["lr"] == pytest.approx(0.1 * 32 / 256)

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from attnexp.compose import compose_config
 from omegaconf import OmegaConf
 from train_support import (
     THREE_EPOCHS,
@@ -23,6 +22,7 @@ from train_support import (
     wait_for_checkpoint,
 )
 
+from attnexp.compose import compose_config
 from attnexp.errors import ConfigError
 from attnexp.training import resume
 from attnexp.training.checkpoint_io import atomic_torch_save
@@ -44,9 +44,14 @@ def reference(tmp_path_factory) -> tuple[Path, list]:
 def _assert_same_run(reference_dir: Path, run_dir: Path) -> None:
     ref, got = metrics(reference_dir), metrics(run_dir)
     assert not same_result(ref, got), {k: (ref[k], got[k]) for k in same_result(ref, got)}
-    a, b = state_dict(reference_dir / "checkpoints/last.ckpt"), state_dict(run_dir / "checkpoints/last.ckpt")
+    a, b = (
+        state_dict(reference_dir / "checkpoints/last.ckpt"),
+        state_dict(run_dir / "checkpoints/last.ckpt"),
+    )
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    assert (reference_dir / "csv/metrics.csv").read_text() == (run_dir / "csv/metrics.csv").read_text()
+    assert (reference_dir / "csv/metrics.csv").read_text() == (
+        run_dir / "csv/metrics.csv"
+    ).read_text()
 
 
 def test_atomic_save_keeps_the_old_file_when_writing_fails(tmp_path: Path) -> None:
@@ -80,7 +85,11 @@ def test_mid_epoch_interrupt_and_resume_is_exact(reference, tmp_path: Path, monk
     assert torch.load(run_dir / "checkpoints/last.ckpt", weights_only=False)["global_step"] == 6
 
     trace = StepTrace()
-    record = train_with(compose_config([*THREE_EPOCHS, f"resume={run_dir}"], run_dir), trace, monkeypatch=monkeypatch)
+    record = train_with(
+        compose_config([*THREE_EPOCHS, f"resume={run_dir}"], run_dir),
+        trace,
+        monkeypatch=monkeypatch,
+    )
     assert trace.rows[0][:2] == (1, 6)  # epoch 1, global step 6: the 3rd batch of epoch 1
     assert trace.rows == ref_rows[6:]  # same batches, same learning rates
     assert record["training"]["resumed_at"] == {"epoch": 1, "global_step": 6}
@@ -93,7 +102,12 @@ def test_sigkill_after_first_checkpoint_then_resume_matches(reference, tmp_path:
     checkpoint; `attnexp-train resume=<run dir>` finishes it with the uninterrupted result."""
     ref_dir, _ = reference
     run_dir = tmp_path / "killed"
-    proc = cli(*THREE_EPOCHS, "callbacks.preemption.every_n_train_steps=2", f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    proc = cli(
+        *THREE_EPOCHS,
+        "callbacks.preemption.every_n_train_steps=2",
+        f"hydra.run.dir={run_dir}",
+        cwd=tmp_path,
+    )
     wait_for_checkpoint(run_dir / "checkpoints/last.ckpt", proc)
     kill(proc, signal.SIGKILL)
     assert proc.returncode == -signal.SIGKILL
@@ -113,8 +127,11 @@ def test_sigkill_after_first_checkpoint_then_resume_matches(reference, tmp_path:
 def test_sigterm_saves_last_checkpoint_and_exits(tmp_path: Path) -> None:
     run_dir = tmp_path / "term"
     proc = cli(
-        *THREE_EPOCHS, "trainer.max_epochs=50", "callbacks.preemption.every_n_train_steps=1",
-        f"hydra.run.dir={run_dir}", cwd=tmp_path,
+        *THREE_EPOCHS,
+        "trainer.max_epochs=50",
+        "callbacks.preemption.every_n_train_steps=1",
+        f"hydra.run.dir={run_dir}",
+        cwd=tmp_path,
     )
     wait_for_checkpoint(run_dir / "checkpoints/last.ckpt", proc)
     out = kill(proc, signal.SIGTERM)
@@ -144,7 +161,10 @@ def test_resume_refuses_overrides_that_change_the_run(reference) -> None:
 
 def test_resume_targets(reference, tmp_path: Path) -> None:
     ref_dir, _ = reference
-    assert resume.locate(ref_dir) == (ref_dir.resolve(), (ref_dir / "checkpoints/last.ckpt").resolve())
+    assert resume.locate(ref_dir) == (
+        ref_dir.resolve(),
+        (ref_dir / "checkpoints/last.ckpt").resolve(),
+    )
     best = next((ref_dir / "checkpoints").glob("best-*.ckpt"))
     assert resume.locate(best)[1] == best.resolve()
     with pytest.raises(ConfigError, match="no such file or directory"):
@@ -166,6 +186,8 @@ def test_requeued_job_resumes_its_own_run_dir(reference, tmp_path: Path) -> None
     ref_dir, _ = reference
     run_dir = tmp_path / "requeued"
     (run_dir / "checkpoints").mkdir(parents=True)
-    (run_dir / "checkpoints/last.ckpt").write_bytes((ref_dir / "checkpoints/last.ckpt").read_bytes())
+    (run_dir / "checkpoints/last.ckpt").write_bytes(
+        (ref_dir / "checkpoints/last.ckpt").read_bytes()
+    )
     plan = resume.plan(compose_config(THREE_EPOCHS, run_dir), [])
     assert plan is not None and plan.reason == "requeue" and plan.global_step == 12

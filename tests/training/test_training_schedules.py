@@ -7,11 +7,11 @@ import math
 
 import pytest
 import torch
-from attnexp.compose import compose_config
 from hydra.utils import instantiate
 from torch import nn
 from train_support import TINY, StepTrace, train_with
 
+from attnexp.compose import compose_config
 from attnexp.errors import ConfigError
 from attnexp.training.module import ClassificationModule
 from attnexp.training.optim import build_optimizer, lr_lambda, parameter_groups, scaled_lr
@@ -24,7 +24,9 @@ def curve(cfg: dict, total: int, per_epoch: int) -> list[float]:
 
 def test_multistep_in_epochs_and_steps() -> None:
     epochs = curve({"name": "multistep", "milestones": [2, 3], "gamma": 0.1}, 40, 10)
-    assert epochs[19] == 1.0 and epochs[20] == pytest.approx(0.1) and epochs[29] == pytest.approx(0.1)
+    assert (
+        epochs[19] == 1.0 and epochs[20] == pytest.approx(0.1) and epochs[29] == pytest.approx(0.1)
+    )
     assert epochs[30] == pytest.approx(0.01)
     steps = curve({"name": "multistep", "unit": "step", "milestones": [7, 9]}, 12, 5)
     assert [round(v, 6) for v in steps[6:10]] == [1.0, 0.1, 0.1, 0.01]
@@ -123,8 +125,10 @@ def test_label_smoothing_changes_only_the_training_loss() -> None:
 
     plain, smooth = module(0.0), module(0.1)
     assert smooth.criterion(logits, target) > plain.criterion(logits, target)
-    expected = (0.9 * nn.functional.cross_entropy(logits, target)
-                + 0.1 * (-logits.log_softmax(1).mean(1)).mean())
+    expected = (
+        0.9 * nn.functional.cross_entropy(logits, target)
+        + 0.1 * (-logits.log_softmax(1).mean(1)).mean()
+    )
     assert smooth.criterion(logits, target) == pytest.approx(float(expected), rel=1e-5)
     assert smooth.eval_criterion(logits, target) == plain.criterion(logits, target)
 
@@ -132,9 +136,16 @@ def test_label_smoothing_changes_only_the_training_loss() -> None:
 def test_trainer_applies_the_schedule_per_step(make_cfg, monkeypatch) -> None:
     """The lr seen by each optimizer step equals the schedule (multistep in steps here)."""
     cfg = make_cfg(
-        *TINY, "trainer.max_epochs=2", "trainer.limit_train_batches=3", "data.num_train=96",
-        "scheduler=multistep", "scheduler.unit=step", "scheduler.milestones=[2,4]",
-        "scheduler.warmup=1", "scheduler.warmup_start=0.5", "test=false",
+        *TINY,
+        "trainer.max_epochs=2",
+        "trainer.limit_train_batches=3",
+        "data.num_train=96",
+        "scheduler=multistep",
+        "scheduler.unit=step",
+        "scheduler.milestones=[2,4]",
+        "scheduler.warmup=1",
+        "scheduler.warmup_start=0.5",
+        "test=false",
     )
     trace = StepTrace()
     train_with(cfg, trace, monkeypatch=monkeypatch)
@@ -154,12 +165,20 @@ def test_gradient_clipping_bounds_the_update(make_cfg, monkeypatch) -> None:
 
         def on_train_batch_end(self, trainer, pl_module, *args) -> None:
             after = [p.detach() for p in pl_module.model.parameters()]
-            self.moved = math.sqrt(sum(float((a - b).pow(2).sum()) for a, b in zip(after, self.before)))
+            self.moved = math.sqrt(
+                sum(float((a - b).pow(2).sum()) for a, b in zip(after, self.before))
+            )
 
     cfg = make_cfg(
-        *TINY, "trainer.limit_train_batches=1", "trainer.gradient_clip_val=0.001",
-        "optimizer.momentum=0", "optimizer.nesterov=false", "optimizer.weight_decay=0",
-        "scheduler=constant", "test=false", "callbacks=none",
+        *TINY,
+        "trainer.limit_train_batches=1",
+        "trainer.gradient_clip_val=0.001",
+        "optimizer.momentum=0",
+        "optimizer.nesterov=false",
+        "optimizer.weight_decay=0",
+        "scheduler=constant",
+        "test=false",
+        "callbacks=none",
     )
     snap = Snapshot()
     train_with(cfg, snap, monkeypatch=monkeypatch)

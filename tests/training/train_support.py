@@ -37,11 +37,15 @@ class StepTrace(L.Callback):
         self.rows: list[tuple[int, int, float, float]] = []
         self.sigterm_at = sigterm_at
 
-    def on_train_batch_start(self, trainer: L.Trainer, pl_module: Any, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_start(
+        self, trainer: L.Trainer, pl_module: Any, batch: Any, batch_idx: int
+    ) -> None:
         lr = trainer.optimizers[0].param_groups[0]["lr"]
         self.rows.append((trainer.current_epoch, trainer.global_step, lr, float(batch[0].sum())))
 
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: Any, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         if self.sigterm_at is not None and trainer.global_step == self.sigterm_at:
             trainer._signal_connector.received_sigterm = True
 

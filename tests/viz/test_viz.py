@@ -153,11 +153,12 @@ def test_target_layer_option_and_folder_images(runs: dict[str, Path], tmp_path: 
         f"checkpoint={runs['cbam']}",
         f"images={tmp_path / 'flat'}",
         "n=3",
-        f"out={tmp_path / 'o'}",
+        f"out={tmp_path / 'o' / 'flat.png'}",
         "--target-layer",
         "layer2",
         "maps=all",
     )
+    assert [p.name for p in written] == ["flat.png", "flat_resnet20_cbam_channel.png"]
     grid = png(written[0])
     assert grid.shape[1::-1] == grid_pixel_size(3, [1, 9 + 1])  # 9 CBAM modules + Grad-CAM
 
