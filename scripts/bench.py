@@ -311,7 +311,14 @@ def bare_epoch(base: Any, model_name: str, epochs: int, device: str) -> tuple[fl
 
 
 def bench_epochs(args: argparse.Namespace) -> None:
+    import logging
+    import warnings
+
     from attnexp.analysis.profile import hydra_session
+
+    for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
+        logging.getLogger(name).setLevel(logging.ERROR)  # no banners between the rows
+    warnings.filterwarnings("ignore")
 
     out = Path(tempfile.mkdtemp(prefix="attnexp-bench-"))
     rows = []
