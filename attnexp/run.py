@@ -308,11 +308,13 @@ def _record_failure(run: _Run, status: str, err: BaseException) -> None:
 
 def _train(run: _Run) -> dict[str, Any]:
     from attnexp.analysis.costs import count_costs
+    from attnexp.validation import validate_config
 
     cfg = run.cfg
     L.seed_everything(int(cfg.seed), workers=True, verbose=False)
+    # Every config check, and the backbone with its placements, before any data is loaded.
+    backbone = validate_config(cfg)
     run.datamodule = builders_datamodule(cfg)
-    backbone = builders.build_backbone(cfg)
     image_size = int(cfg.data.get("image_size", 32))
     run.costs = count_costs(backbone, (1, 3, image_size, image_size))
     run.module = builders.build_module(cfg, backbone, run.datamodule.num_classes)

@@ -54,7 +54,9 @@ def _start(cwd: Path, root: Path, *overrides: str) -> subprocess.Popen:
 
 def test_two_runs_started_together_get_unique_dirs(tmp_path: Path) -> None:
     root = tmp_path / "out"
-    procs = [_start(tmp_path, root, "trainer.limit_train_batches=1", "test=false") for _ in range(2)]
+    procs = [
+        _start(tmp_path, root, "trainer.limit_train_batches=1", "test=false") for _ in range(2)
+    ]
     for p in procs:
         _, err = p.communicate(timeout=300)
         assert p.returncode == 0, err[-2000:]
@@ -70,8 +72,18 @@ def test_outputs_land_under_cwd_not_package(tmp_path: Path) -> None:
     cwd = tmp_path / "elsewhere"
     cwd.mkdir()
     proc = subprocess.run(
-        [sys.executable, "-m", "attnexp.train", *TINY, "trainer.limit_train_batches=1", "test=false"],
-        cwd=cwd, capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "attnexp.train",
+            *TINY,
+            "trainer.limit_train_batches=1",
+            "test=false",
+        ],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert list((cwd / "outputs" / "default" / "runs").glob("*/metrics.json"))
