@@ -13,6 +13,9 @@ from omegaconf import DictConfig
 from attnexp.compose import compose_config
 from attnexp.runtime import register_resolvers
 
+# Subprocesses (real attnexp-train runs) use the same single thread as this process, so
+# results compared across processes (resume == uninterrupted) are bit-identical.
+os.environ["OMP_NUM_THREADS"] = "1"
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
 # Tiny tensors: one thread is faster, and avoids oversubscription when tests spawn processes.

@@ -485,7 +485,7 @@ def zoo_jobs(overrides: Sequence[str], model: str = "resnet50") -> list[tuple[st
         base = [f"model={model}", "data=imagenet", *base] if model != "resnet20" else base
     configs = set(group_options("attention"))
     jobs = []
-    for name in available():
+    for name in sorted(available(), key=lambda n: n != "none"):  # the baseline first
         choice = f"attention={name}" if name in configs else f"attention.name={name}"
         jobs.append((name, [*base, choice]))
     return jobs
@@ -561,25 +561,28 @@ def _baseline(result: ProfileResult, results: Sequence[ProfileResult]) -> Profil
 
 
 def results_table(results: Sequence[ProfileResult], settings: Settings, title: str = "") -> Any:
-    """One row per result; ratios against the row without attention on the same backbone."""
+    """One row per result; ratios (x) against the row without attention on the same backbone."""
     from rich.table import Table
 
-    table = Table(title=title or None, caption=(
+    memory = SAVED_TENSORS_METHOD if settings.device != "cuda" else CUDA_PEAK_METHOD
+    caption = (
         f"GMACs: {MACS_CONVENTION}, per image; +attn: also {ATTENTION_OPS_CONVENTION}. "
-        f"Activations: {SAVED_TENSORS_METHOD if settings.device != 'cuda' else CUDA_PEAK_METHOD}"
-        f" at batch {settings.batch}. Speed: {settings.describe()}. x: ratio to the "
-        "row without attention (time ratio for speed)."
-    ))  # fmt: skip
-    for col in ("setting", "params", "x", "GMACs", "x", "GMACs+attn", "activations",
-                "train img/s", "x time", "infer img/s", "note"):  # fmt: skip
+        f"Activations: {memory}, batch {settings.batch}. x: ratio to the row without attention"
+    )
+    caption += f" (time ratio for speed). Speed: {settings.describe()}." if settings.speed else "."
+    table = Table(title=title or None, caption=caption)
+    columns = ["setting", "params", "x", "GMACs", "x", "GMACs+attn", "activations"]
+    if settings.speed:
+        columns += ["train img/s", "x time", "infer img/s"]
+    for col in [*columns, "note"]:
         table.add_column(col, justify="left" if col in ("setting", "note") else "right")
+
+    def ratio(a: float | None, b: float | None) -> str:
+        return "" if a is None or not b else f"{a / b:.3f}"
+
     for r in results:
         base = _baseline(r, results)
-
-        def ratio(a: float | None, b: float | None) -> str:
-            return "" if a is None or not b else f"{a / b:.3f}"
-
-        table.add_row(
+        row = [
             r.label,
             f"{r.costs.params / 1e6:.3f}M",
             ratio(r.costs.params, base.costs.params if base else None),
@@ -587,11 +590,14 @@ def results_table(results: Sequence[ProfileResult], settings: Settings, title: s
             ratio(r.costs.macs, base.costs.macs if base else None),
             fmt_g(r.costs.macs_with_attention),
             fmt_bytes(r.activation_bytes),
-            fmt_rate(r.train_images_per_s),
-            ratio(base.train_images_per_s if base else None, r.train_images_per_s),
-            fmt_rate(r.infer_images_per_s),
-            r.note,
-        )
+        ]
+        if settings.speed:
+            row += [
+                fmt_rate(r.train_images_per_s),
+                ratio(base.train_images_per_s if base else None, r.train_images_per_s),
+                fmt_rate(r.infer_images_per_s),
+            ]
+        table.add_row(*row, r.note)
     return table
 
 
