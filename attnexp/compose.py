@@ -15,7 +15,9 @@ from omegaconf import DictConfig, open_dict
 from attnexp.runtime import register_resolvers
 
 
-def compose_config(overrides: list[str] | None = None, output_dir: str | Path | None = None) -> DictConfig:
+def compose_config(
+    overrides: list[str] | None = None, output_dir: str | Path | None = None
+) -> DictConfig:
     """``conf/train.yaml`` composed with ``overrides``; ``output_dir`` sets the run dir.
 
     Outside a Hydra app the run directory cannot come from Hydra, so pass ``output_dir``

@@ -47,7 +47,10 @@ def _check_optimizer(cfg: DictConfig) -> None:
         opt is not None and "_target_" in opt, "optimizer must have a _target_ (e.g. optimizer=sgd)"
     )
     lr = opt.get("lr")
-    check(isinstance(lr, (int, float)) and lr > 0, f"optimizer.lr (the learning rate) must be a number > 0, got {lr!r}")
+    check(
+        isinstance(lr, (int, float)) and lr > 0,
+        f"optimizer.lr (the learning rate) must be a number > 0, got {lr!r}",
+    )
     wd = opt.get("weight_decay", 0.0)
     check(
         isinstance(wd, (int, float)) and wd >= 0, f"optimizer.weight_decay must be >= 0, got {wd!r}"

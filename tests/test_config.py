@@ -7,8 +7,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from attnexp.compose import compose_config
 from omegaconf import OmegaConf
+
+from attnexp.compose import compose_config
 
 CONF = Path(__file__).resolve().parents[1] / "attnexp" / "conf"
 # Groups selected with "+group=name" (not in the primary defaults list).
@@ -29,8 +30,20 @@ def _group_options() -> list[tuple[str, str]]:
 
 def test_every_group_has_options() -> None:
     groups = {g for g, _ in _group_options()}
-    expected = {"data", "model", "attention", "placement", "optimizer", "scheduler", "trainer",
-                "callbacks", "logger", "paths", "experiment", "debug"}
+    expected = {
+        "data",
+        "model",
+        "attention",
+        "placement",
+        "optimizer",
+        "scheduler",
+        "trainer",
+        "callbacks",
+        "logger",
+        "paths",
+        "experiment",
+        "debug",
+    }
     assert expected <= groups, f"missing config groups: {expected - groups}"
 
 
@@ -46,7 +59,11 @@ def test_config_composes(group: str, option: str, tmp_path: Path) -> None:
 
 def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "attnexp.train", *args], cwd=cwd, capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", "attnexp.train", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
 
 

@@ -7,17 +7,24 @@ import string
 
 import pytest
 import torch
-from attnexp.compose import compose_config
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from attnexp.attention import available, get_spec
+from attnexp.compose import compose_config
 from attnexp.errors import ConfigError
 from attnexp.models import build_model
 from attnexp.validation import validate_config
 
 GATES = available("gate")
-BLOCK_POSITIONS = ["before_block", "after_conv1", "after_conv2", "after_conv3", "after_add", "identity"]
+BLOCK_POSITIONS = [
+    "before_block",
+    "after_conv1",
+    "after_conv2",
+    "after_conv3",
+    "after_add",
+    "identity",
+]
 FAST = settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
@@ -27,23 +34,39 @@ def valid_placements(draw: st.DrawFn) -> list[dict]:
     placements = []
     for _ in range(draw(st.integers(1, 2))):
         name = draw(st.sampled_from([g for g in GATES if g != "none"]))
-        between = draw(st.booleans()) if get_spec(name).kind == "stage" else draw(st.integers(0, 7)) == 0
+        between = (
+            draw(st.booleans()) if get_spec(name).kind == "stage" else draw(st.integers(0, 7)) == 0
+        )
         if between:
             position, stages = "between_stages", draw(st.sampled_from([[1], [2], [1, 2], "all"]))
         else:
             position = draw(st.sampled_from(BLOCK_POSITIONS))
             stages = draw(st.sampled_from([[1], [2], [3], [1, 3], "all"]))
         blocks = draw(st.sampled_from(["all", "first", "last", "every_2", [0], [1, 2]]))
-        placements.append({"module": {"name": name}, "position": position, "stages": stages,
-                           "blocks": "all" if position == "between_stages" else blocks})
+        placements.append(
+            {
+                "module": {"name": name},
+                "position": position,
+                "stages": stages,
+                "blocks": "all" if position == "between_stages" else blocks,
+            }
+        )
     return placements
 
 
 @FAST
-@given(placements=valid_placements(), height=st.sampled_from([16, 32]), width=st.sampled_from([16, 24, 32]),
-       batch=st.integers(1, 3))
-def test_random_valid_placements_build_and_run(placements: list[dict], height: int, width: int, batch: int) -> None:
-    model = build_model("resnet20", num_classes=7, placements=placements, image_size=min(height, width))
+@given(
+    placements=valid_placements(),
+    height=st.sampled_from([16, 32]),
+    width=st.sampled_from([16, 24, 32]),
+    batch=st.integers(1, 3),
+)
+def test_random_valid_placements_build_and_run(
+    placements: list[dict], height: int, width: int, batch: int
+) -> None:
+    model = build_model(
+        "resnet20", num_classes=7, placements=placements, image_size=min(height, width)
+    )
     model.eval()
     with torch.no_grad():
         out = model(torch.randn(batch, 3, height, width))
@@ -52,24 +75,36 @@ def test_random_valid_placements_build_and_run(placements: list[dict], height: i
 
 
 def _identifier() -> st.SearchStrategy[str]:
-    return st.text(string.ascii_lowercase + "_", min_size=3, max_size=12).filter(lambda s: not s.startswith("_"))
+    return st.text(string.ascii_lowercase + "_", min_size=3, max_size=12).filter(
+        lambda s: not s.startswith("_")
+    )
 
 
 # Each strategy produces overrides that must be rejected, and a word the message must contain.
 INVALID = st.one_of(
-    _identifier().filter(lambda s: s not in available()).map(lambda s: ([f"attention.name={s}"], "attention module")),
+    _identifier()
+    .filter(lambda s: s not in available())
+    .map(lambda s: ([f"attention.name={s}"], "attention module")),
     st.sampled_from(["se", "cbam", "eca", "bam", "gc"]).flatmap(
-        lambda m: _identifier().filter(lambda o: o not in get_spec(m).option_names()).map(
-            lambda o: ([f"attention=none", f"attention.name={m}", f"+attention.{o}=3"], o)
+        lambda m: (
+            _identifier()
+            .filter(lambda o: o not in get_spec(m).option_names())
+            .map(lambda o: (["attention=none", f"attention.name={m}", f"+attention.{o}=3"], o))
         )
     ),
-    st.sampled_from(["se", "cbam", "bam"]).map(lambda m: ([f"attention.name={m}", "+attention.reduction=0"], "reduction")),
-    st.sampled_from([2, 4, 6]).map(lambda k: (["attention.name=eca", f"+attention.kernel_size={k}"], "kernel")),
+    st.sampled_from(["se", "cbam", "bam"]).map(
+        lambda m: ([f"attention.name={m}", "+attention.reduction=0"], "reduction")
+    ),
+    st.sampled_from([2, 4, 6]).map(
+        lambda k: (["attention.name=eca", f"+attention.kernel_size={k}"], "kernel")
+    ),
     st.sampled_from([[4], [0], [5], [1, 9]]).map(
         lambda s: (["attention.name=se", f"placement.stages=[{','.join(map(str, s))}]"], "stages")
     ),
     _identifier().map(lambda p: (["attention.name=se", f"placement.position={p}"], "position")),
-    st.sampled_from(["every_0", "second", "every_x"]).map(lambda b: (["attention.name=se", f"placement.blocks={b}"], "blocks")),
+    st.sampled_from(["every_0", "second", "every_x"]).map(
+        lambda b: (["attention.name=se", f"placement.blocks={b}"], "blocks")
+    ),
     _identifier().map(lambda d: ([f"data.name={d}"], "dataset")),
     _identifier().map(lambda m: ([f"model.name={m}"], "model")),
     st.sampled_from([-0.1, 0.0]).map(lambda lr: ([f"optimizer.lr={lr}"], "optimizer.lr")),
@@ -80,7 +115,9 @@ INVALID = st.one_of(
 
 @FAST
 @given(case=INVALID)
-def test_random_invalid_configs_fail_before_training(case: tuple[list[str], str], tmp_path_factory) -> None:
+def test_random_invalid_configs_fail_before_training(
+    case: tuple[list[str], str], tmp_path_factory
+) -> None:
     overrides, word = case
     cfg = compose_config(overrides, tmp_path_factory.mktemp("run"))
     with pytest.raises(ConfigError) as info:
