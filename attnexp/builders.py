@@ -75,13 +75,19 @@ def training_options(cfg: DictConfig) -> dict[str, Any]:
 
 
 def build_module(cfg: DictConfig, model: nn.Module, num_classes: int) -> L.LightningModule:
+    from attnexp.training import fast_defaults
     from attnexp.training.module import ClassificationModule
 
-    training = training_options(cfg)
+    accelerator = cfg.trainer.get("accelerator", "auto")
+    precision = fast_defaults.resolve_precision(cfg.trainer.get("precision", "auto"), accelerator)
+    # `auto` options become what measured faster on this device (fast_defaults.py).
+    training, optimizer = fast_defaults.apply(
+        training_options(cfg), instantiate(cfg.optimizer), accelerator, precision
+    )
     return ClassificationModule(
         model,
         num_classes=num_classes,
-        optimizer=instantiate(cfg.optimizer),
+        optimizer=optimizer,
         scheduler=to_dict(cfg.scheduler),
         batch_size=int(cfg.data.batch_size) if cfg.data.get("batch_size") is not None else None,
         **{k: training[k] for k in MODULE_TRAINING_KEYS if k in training},
@@ -110,6 +116,7 @@ def build_loggers(cfg: DictConfig) -> list[Any]:
 
 
 PRECISIONS = (
+    "auto",
     "32-true",
     "32",
     "bf16-mixed",
@@ -124,15 +131,17 @@ PRECISIONS = (
 def build_trainer(cfg: DictConfig, callbacks: list[L.Callback], loggers: list[Any]) -> L.Trainer:
     """``lightning.Trainer`` from ``cfg.trainer`` plus atomic checkpoint writes, the run dir as
     Lightning's root dir (SLURM auto-requeue checkpoints land there) and SyncBN."""
+    from attnexp.training import fast_defaults
     from attnexp.training.callbacks import ExactResume
     from attnexp.training.checkpoint_io import AtomicCheckpointIO
 
     kwargs = dict(to_dict(cfg.trainer))
-    precision = str(kwargs.get("precision", "32-true"))
+    precision = str(kwargs.get("precision", "auto"))
     if precision not in PRECISIONS:
         raise ConfigError(
             f"unknown trainer.precision {precision!r}; valid: {', '.join(PRECISIONS)}"
         )
+    kwargs["precision"] = fast_defaults.resolve_precision(precision, kwargs.get("accelerator"))
     training = training_options(cfg)
     if training.get("sync_bn"):
         # Lightning converts every BatchNorm with nn.SyncBatchNorm.convert_sync_batchnorm when

@@ -71,7 +71,9 @@ def run_dir_of(cfg: DictConfig) -> Path:
 def _model_checkpoint(trainer: L.Trainer | None) -> ModelCheckpoint | None:
     if trainer is None:
         return None
-    return next((c for c in trainer.callbacks if isinstance(c, ModelCheckpoint)), None)
+    """The best-by-validation checkpointer (the one with a monitor; last.ckpt has its own)."""
+    checkpoints = [c for c in trainer.callbacks if isinstance(c, ModelCheckpoint)]
+    return next((c for c in checkpoints if c.monitor), checkpoints[0] if checkpoints else None)
 
 
 class _Run:

@@ -36,7 +36,13 @@ def messages(path: Path) -> list[tuple[int, str, str]]:
         elif name == "check" and len(node.args) >= 2:
             found.append((node.lineno, "check", template(node.args[1])))
         elif name == "choices_error":
-            found.append((node.lineno, "unknown name", f"unknown {template(node.args[0])} …; valid choices: …"))
+            found.append(
+                (
+                    node.lineno,
+                    "unknown name",
+                    f"unknown {template(node.args[0])} …; valid choices: …",
+                )
+            )
     return sorted(found)
 
 

@@ -39,7 +39,9 @@ def test_where_matters_left_right_halves() -> None:
 
 
 def test_datamodule_batches() -> None:
-    dm = build_datamodule({"name": "synthetic", "num_train": 70, "num_val": 20, "num_test": 20, "batch_size": 32})
+    dm = build_datamodule(
+        {"name": "synthetic", "num_train": 70, "num_val": 20, "num_test": 20, "batch_size": 32}
+    )
     x, y = next(iter(dm.train_dataloader()))
     assert x.shape == (32, 3, 32, 32) and x.dtype == torch.float32
     assert y.dtype == torch.int64 and len(dm.train_dataloader()) == 3

@@ -109,11 +109,14 @@ def register(
         missing = [p for p in _POSITIONAL[kind][1:] if p not in params]
         if missing:
             raise TypeError(f"{cls.__name__} ({kind}) must accept {missing} as first arguments")
-        position = default_position or {
-            "gate": "after_conv3",
-            "stage": "between_stages",
-            "conv": "conv",
-        }[kind]
+        position = (
+            default_position
+            or {
+                "gate": "after_conv3",
+                "stage": "between_stages",
+                "conv": "conv",
+            }[kind]
+        )
         _REGISTRY[name] = ModuleSpec(
             name=name,
             cls=cls,

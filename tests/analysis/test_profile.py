@@ -123,17 +123,24 @@ def test_fast_defaults_resolve_per_device() -> None:
 
 def test_fast_optimizer_kernels() -> None:
     sgd = functools.partial(torch.optim.SGD, lr=0.1)
-    assert fast_defaults.fast_optimizer(sgd, "cpu").keywords["foreach"] is True
+    cpu_kernel = fast_defaults.STEP_KERNEL["cpu"]
+    assert fast_defaults.fast_optimizer(sgd, "cpu").keywords[cpu_kernel] is True
     assert fast_defaults.fast_optimizer(sgd, "cuda").keywords["fused"] is True
     user = functools.partial(torch.optim.SGD, lr=0.1, foreach=False)
     assert fast_defaults.fast_optimizer(user, "cuda") is user  # the user's choice stands
     opt = fast_defaults.fast_optimizer(sgd, "cpu")([torch.nn.Parameter(torch.zeros(2))])
-    assert opt.defaults["foreach"] is True
+    assert opt.defaults[cpu_kernel] is True
+    for name in ("SGD", "AdamW"):  # the CPU kernel exists for the optimisers we configure
+        factory = fast_defaults.fast_optimizer(getattr(torch.optim, name), "cpu")
+        param = torch.nn.Parameter(torch.ones(3))
+        param.grad = torch.ones(3)
+        factory([param], lr=0.1).step()
+        assert param.detach().lt(1).all()
     training, factory = fast_defaults.apply(
         {"channels_last": "auto", "compile": "auto"}, sgd, "cpu"
     )
     assert training == {"channels_last": fast_defaults.CPU_CHANNELS_LAST, "compile": False}
-    assert factory.keywords["foreach"] is True
+    assert factory.keywords[cpu_kernel] is True
 
 
 # --------------------------------------------------------------------------- torch.compile
