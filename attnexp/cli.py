@@ -18,6 +18,15 @@ def print_config_error(err: ConfigError, prog: str = "attnexp") -> None:
     Console(stderr=True).print(f"[bold red]{prog}: config error:[/bold red] {err}", highlight=False)
 
 
+def print_run_error(err: Exception, prog: str = "attnexp") -> None:
+    """A run-time fault whose message already says what to do (e.g. a NaN loss)."""
+    from rich.console import Console
+
+    Console(stderr=True).print(
+        f"[bold red]{prog}: {type(err).__name__}:[/bold red] {err}", highlight=False
+    )
+
+
 def exit_on_config_error(prog: str) -> Callable[[F], F]:
     """Decorator for console entry points: ConfigError -> message on stderr, exit code 2."""
 

@@ -400,9 +400,14 @@ def summary_line(record: dict[str, Any]) -> str:
     what = f"{record['model']}+{record['attention']} on {record['dataset']} seed={record['seed']}"
     if record["status"] != "completed":
         err = record.get("error", {})
+        where = (
+            "before training"
+            if record["global_step"] is None
+            else f"at epoch {record['epochs']}, step {record['global_step']}"
+        )
         return (
-            f"[attnexp] {record['status'].upper()} {what} at epoch {record['epochs']}, step "
-            f"{record['global_step']}: {err.get('type')}: {err.get('message')} -> {record['run_dir']}"
+            f"[attnexp] {record['status'].upper()} {what} {where}: "
+            f"{err.get('type')}: {err.get('message')} -> {record['run_dir']}"
         )
     test, best = record["test"], record["best"]
     params, macs = record["costs"]["params"], record["costs"]["macs"]

@@ -3,7 +3,7 @@
 Thin on purpose: the run itself is :func:`attnexp.run.train`. What lives here is what a
 command line needs:
 
-* exit codes: 0 done; 1 a run failed (in a sweep: after all other runs finished); 2 a
+* exit codes: 0 done; 1 a run failed (a NaN/inf loss: the message alone, no traceback) (in a sweep: after all other runs finished); 2 a
   config error (single run); 143 interrupted by SIGTERM (``last.ckpt`` saved).
 * in a sweep (``-m``) a failing run is recorded (metrics.json status failed) and the other
   runs go on; Hydra reports the first failure at the end and we list all of them.
@@ -39,9 +39,10 @@ def _is_multirun() -> bool:
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def _hydra_main(cfg: DictConfig) -> float | None:
-    from attnexp.cli import print_config_error
+    from attnexp.cli import print_config_error, print_run_error
     from attnexp.errors import ConfigError
     from attnexp.run import run_dir_of, summary_line, train
+    from attnexp.training.module import NonFiniteLossError
 
     try:
         record = train(cfg)
@@ -51,6 +52,13 @@ def _hydra_main(cfg: DictConfig) -> float | None:
             raise  # Hydra records the job as failed and runs the others
         print_config_error(err, "attnexp-train")
         sys.exit(2)
+    except NonFiniteLossError as err:
+        FAILED_RUNS.append((str(run_dir_of(cfg)), f"{type(err).__name__}: {err}"))
+        if _is_multirun():
+            raise
+        # The message names the step and the likely causes; a traceback would bury it.
+        print_run_error(err, "attnexp-train")
+        sys.exit(1)
     except Exception as err:
         FAILED_RUNS.append((str(run_dir_of(cfg)), f"{type(err).__name__}: {err}"))
         raise
