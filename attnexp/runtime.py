@@ -5,8 +5,11 @@ from __future__ import annotations
 import os
 import secrets
 import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
+import torch
 from omegaconf import OmegaConf
 
 import attnexp
@@ -51,3 +54,18 @@ def git_commit(path: str | Path | None = None) -> str | None:
     except (OSError, subprocess.SubprocessError):
         return None
     return f"{commit}-dirty" if dirty else commit
+
+
+@contextmanager
+def torch_threads(count: int) -> Iterator[None]:
+    """Run a block with ``count`` intra-op threads, then restore the previous count.
+
+    Tiny ops (batch augmentation, unit-test tensors) are several times slower with two
+    OpenMP threads on a shared 2-core machine: the barrier waits on a descheduled thread.
+    """
+    previous = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)

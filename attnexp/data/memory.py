@@ -26,6 +26,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from attnexp.runtime import torch_threads
+
 
 @dataclass(frozen=True)
 class BatchAugment:
@@ -105,12 +107,8 @@ def _one_cpu_thread(device: torch.device) -> Iterator[None]:
     if device.type != "cpu":
         yield
         return
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with torch_threads(1):
         yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 def mix_seed(*parts: int) -> int:

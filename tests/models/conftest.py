@@ -17,6 +17,7 @@ from torch import nn
 from attnexp.attention import registry
 from attnexp.attention.registry import register
 from attnexp.errors import ConfigError
+from attnexp.runtime import torch_threads
 
 
 class Recorder(nn.Module):
@@ -130,12 +131,8 @@ TEST_MODULES: dict[str, tuple[type[nn.Module], dict[str, Any]]] = {
 def _one_torch_thread() -> Iterator[None]:
     """These tests run many tiny ops: one intra-op thread avoids OpenMP spin-waiting on the
     shared 2-core machines (several times faster there); restored after each test."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with torch_threads(1):
         yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 @pytest.fixture
