@@ -261,8 +261,18 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         raise
     finally:
         _close_loggers(run, status)
-    write_metrics(run_dir_of(run.cfg), record, overwrite=_may_overwrite(run))
+    if _is_rank_zero():
+        write_metrics(run_dir_of(run.cfg), record, overwrite=_may_overwrite(run))
     return record
+
+
+def _is_rank_zero() -> bool:
+    """Only the global rank 0 of a multi-GPU / multi-node run writes the run record (the
+    other ranks would race for the same file); Lightning tracks the rank (from RANK,
+    LOCAL_RANK or SLURM_PROCID, then from the strategy)."""
+    from lightning.pytorch.utilities import rank_zero_only
+
+    return getattr(rank_zero_only, "rank", 0) == 0
 
 
 def _save_config(cfg: DictConfig) -> None:
@@ -297,8 +307,8 @@ def _may_overwrite(run: _Run) -> bool:
 def _record_failure(run: _Run, status: str, err: BaseException) -> None:
     try:
         run_dir = run_dir_of(run.cfg)
-        if not _may_overwrite(run):  # e.g. a config error when starting in a finished run dir
-            return
+        if not _is_rank_zero() or not _may_overwrite(run):  # e.g. a config error when
+            return  # starting in a finished run dir
         record = run.record(status, err)
         if status == "interrupted":
             record["error"]["hint"] = f"continue with: attnexp-train resume={run_dir.resolve()}"

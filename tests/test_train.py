@@ -90,3 +90,16 @@ def test_outputs_land_under_cwd_not_package(tmp_path: Path) -> None:
     pkg = Path(attnexp.__file__).parent
     assert not (pkg / "outputs").exists()
     assert "[attnexp]" in proc.stdout  # the one-line summary
+
+
+def test_only_global_rank_zero_writes_the_record(make_cfg, tmp_path: Path, monkeypatch) -> None:
+    """In a multi-GPU/multi-node run every rank runs train(); one record, from rank 0."""
+    from lightning.pytorch.utilities import rank_zero_only
+
+    monkeypatch.setattr(rank_zero_only, "rank", 1)
+    record = train(make_cfg("+debug=fast_dev_run", run_dir=tmp_path / "rank1"))
+    assert record["status"] == "completed"
+    assert not (tmp_path / "rank1" / "metrics.json").exists()
+    monkeypatch.setattr(rank_zero_only, "rank", 0)
+    train(make_cfg("+debug=fast_dev_run", run_dir=tmp_path / "rank0"))
+    assert (tmp_path / "rank0" / "metrics.json").exists()
