@@ -358,14 +358,17 @@ def _train(run: _Run) -> dict[str, Any]:
 
 
 def _log_config(run: _Run) -> None:
-    """The resolved config (top-level keys, so wandb can filter on them) and the model's
-    cost go to every logger (CSV: hparams.yaml)."""
+    """The resolved config (top-level keys, so wandb can filter on them), the Hydra choices
+    and command-line overrides, and the model's cost go to every logger (CSV: hparams.yaml)."""
     params = dict(OmegaConf.to_container(run.cfg, resolve=True))
     params["costs"] = {
         "params": run.costs.params,
         "macs": run.costs.macs,
         "attention_ops": run.costs.attention_ops,
     }
+    # What the user typed (and which config file of each group was chosen), so dashboards
+    # can group a sweep by its varied options rather than by the expanded config.
+    params["hydra"] = _hydra_info()
     for logger in run.loggers:
         logger.log_hyperparams(params)
 

@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import yaml
+
 from attnexp.results import read_metrics
 from attnexp.run import train
 
@@ -64,6 +66,11 @@ def test_two_runs_started_together_get_unique_dirs(tmp_path: Path) -> None:
     assert len(records) == 2
     dirs = {json.loads(r.read_text())["run_dir"] for r in records}
     assert len(dirs) == 2
+    # the loggers (here CSV's hparams.yaml; wandb gets the same dict) get the overrides typed
+    # and the config file chosen per group, so dashboards can group a sweep by them
+    hparams = yaml.safe_load((Path(dirs.pop()) / "csv" / "hparams.yaml").read_text())
+    assert "trainer.limit_train_batches=1" in hparams["hydra"]["overrides"]
+    assert hparams["hydra"]["choices"]["model"] == "resnet20"
 
 
 def test_outputs_land_under_cwd_not_package(tmp_path: Path) -> None:
