@@ -34,12 +34,12 @@ test-all: $(DEV_STAMP)
 	$(BIN)/python -m pytest -m "not gpu"
 
 lint: $(DEV_STAMP)
-	$(BIN)/ruff check attnexp tests scripts
-	$(BIN)/ruff format --check attnexp tests scripts
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 format: $(DEV_STAMP)
-	$(BIN)/ruff format attnexp tests scripts
-	$(BIN)/ruff check --fix attnexp tests scripts
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
 
 ## bench: speed benchmarks (prints measured ratios; installs the bench extra with timm)
 bench: $(DEV_STAMP)

@@ -34,6 +34,7 @@ from torch import nn
 
 from attnexp.analysis.checkpoints import LoadedModel
 from attnexp.attention.base import record_attention
+from attnexp.data.decode import IMAGE_EXTENSIONS
 from attnexp.errors import ConfigError
 
 SPLITS = ("train", "val", "test")
@@ -66,18 +67,6 @@ class DataInfo:
 
 
 _DATA_CACHE: dict[str, DataInfo] = {}
-IMAGE_EXTENSIONS = (
-    ".jpg",
-    ".jpeg",
-    ".png",
-    ".bmp",
-    ".ppm",
-    ".pgm",
-    ".tif",
-    ".tiff",
-    ".webp",
-    ".gif",
-)
 
 
 def data_info(cfg: DictConfig, split: str | None = None) -> DataInfo:

@@ -17,6 +17,7 @@ reproducible on the same kind of device.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -209,6 +210,15 @@ class InMemoryLoader:
     def set_epoch(self, epoch: int) -> None:
         """The next iteration is epoch ``epoch``: order and augmentation follow (seed, epoch)."""
         self.epoch = int(epoch)
+
+    def detached(self, epoch: int) -> InMemoryLoader:
+        """A loader over the same (shared) tensors whose next iteration is ``epoch`` and whose
+        position is its own: iterating it leaves this loader's epoch and resume state intact
+        (precise BN draws extra training batches this way)."""
+        other = copy.copy(self)
+        other._resume = None
+        other.set_epoch(epoch)
+        return other
 
     def state_dict(self) -> dict[str, int]:
         """Where this epoch stands; saved by Lightning in checkpoints for mid-epoch resume."""

@@ -19,7 +19,6 @@ path is supported; a streaming DataLoader is refused with a ConfigError.
 
 from __future__ import annotations
 
-import copy
 import itertools
 from collections.abc import Iterable
 from typing import Any
@@ -95,10 +94,8 @@ class PreciseBN(L.Callback):
                 f"synthetic/cifar data); the training loader here is {type(loader).__name__}. "
                 "Disable it with callbacks.precise_bn.enabled=false"
             )
-        loader = copy.copy(loader)  # its own position: the training epoch stays intact
-        loader._resume = None
-        loader.set_epoch(_EPOCH_OFFSET + trainer.current_epoch)
-        return itertools.islice(loader, self.num_batches)
+        batches = loader.detached(_EPOCH_OFFSET + trainer.current_epoch)
+        return itertools.islice(batches, self.num_batches)
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._training_batches(trainer)  # refuse an unsupported loader before the first step
