@@ -146,7 +146,7 @@ class _Run:
                 "macs": costs.macs if costs else None,
                 "attention_ops": costs.attention_ops if costs else None,
                 "input_shape": list(costs.input_shape) if costs else None,
-                "counter": "attnexp.analysis.costs (conv+linear multiply-adds; attention ops separately)",
+                "counter": "attnexp.models.costs (conv+linear multiply-adds; attention ops separately)",
             },
             "throughput": {
                 "fit_seconds": fit_seconds,
@@ -319,7 +319,7 @@ def _record_failure(run: _Run, status: str, err: BaseException) -> None:
 
 
 def _train(run: _Run) -> dict[str, Any]:
-    from attnexp.analysis.costs import count_costs
+    from attnexp.models.costs import count_costs
     from attnexp.validation import validate_config
 
     cfg = run.cfg

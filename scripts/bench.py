@@ -44,7 +44,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from attnexp.analysis.costs import count_costs
+from attnexp.models.costs import count_costs
 from attnexp.analysis.profile import cpu_model
 from attnexp.models import build_model
 

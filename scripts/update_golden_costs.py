@@ -7,7 +7,7 @@ Entries: every job of every ``conf/experiment`` preset (its ``hydra.sweeper.para
 expanded, as ``attnexp-train -m experiment=<name>`` runs them) and every ``attention/`` and
 ``conv/`` config on resnet20 (32x32, 10 classes) and resnet50 (224x224, 1000 classes).
 Each entry is keyed by its overrides and stores the backbone spec it composes to (model node,
-placements, conv, image size) and the costs at batch 1 (attnexp.analysis.costs). Commit the
+placements, conv, image size) and the costs at batch 1 (attnexp.models.costs). Commit the
 diff together with the change that caused it: an architecture change then shows in review.
 """
 
@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from attnexp.analysis.costs import ATTENTION_OPS_CONVENTION, MACS_CONVENTION
+from attnexp.models.costs import ATTENTION_OPS_CONVENTION, MACS_CONVENTION
 from attnexp.analysis.profile import (
     backbone_spec,
     golden_jobs,

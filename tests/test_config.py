@@ -59,7 +59,7 @@ def test_config_composes(group: str, option: str, tmp_path: Path) -> None:
 
 def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "attnexp.train", *args],
+        [sys.executable, "-m", "attnexp.cli.train", *args],
         cwd=cwd,
         capture_output=True,
         text=True,

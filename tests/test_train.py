@@ -45,7 +45,7 @@ def test_metrics_json_contents(make_cfg, tmp_path: Path) -> None:
 def _start(cwd: Path, root: Path, *overrides: str) -> subprocess.Popen:
     env = {**os.environ, "WANDB_MODE": "offline"}
     return subprocess.Popen(
-        [sys.executable, "-m", "attnexp.train", *TINY, f"paths.root={root}", *overrides],
+        [sys.executable, "-m", "attnexp.cli.train", *TINY, f"paths.root={root}", *overrides],
         cwd=cwd,
         env=env,
         stdout=subprocess.PIPE,
@@ -82,7 +82,7 @@ def test_outputs_land_under_cwd_not_package(tmp_path: Path) -> None:
         [
             sys.executable,
             "-m",
-            "attnexp.train",
+            "attnexp.cli.train",
             *TINY,
             "trainer.limit_train_batches=1",
             "test=false",

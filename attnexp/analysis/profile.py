@@ -1,9 +1,9 @@
 """Profile a config or the whole attention zoo: params, MACs, activation memory, images/s.
 
-Used by ``attnexp-profile`` (:mod:`attnexp.profile`), the golden cost file
+Used by ``attnexp-profile`` (:mod:`attnexp.cli.profile`), the golden cost file
 (``scripts/update_golden_costs.py``) and the benchmarks (``scripts/bench.py``).
 
-* Costs come from :func:`attnexp.analysis.costs.count_costs` (conv+linear MACs, attention
+* Costs come from :func:`attnexp.models.costs.count_costs` (conv+linear MACs, attention
   ops separately), per image at the config's ``data.image_size``.
 * Activation memory of a training step: on CUDA the peak of
   ``torch.cuda.max_memory_allocated`` during forward+backward above the memory held before
@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from omegaconf import DictConfig
 from torch import nn
 
-from attnexp.analysis.costs import (
+from attnexp.models.costs import (
     ATTENTION_OPS_CONVENTION,
     MACS_CONVENTION,
     Costs,

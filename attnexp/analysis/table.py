@@ -675,7 +675,7 @@ class PaperTable:
             "the interval excludes 0; n/a when the row or its baseline has fewer than 2 "
             "completed runs.",
             "Params and MACs per model (MACs = conv + linear multiply-adds for one image at "
-            "the run's input size, attnexp.analysis.costs).",
+            "the run's input size, attnexp.models.costs).",
         ]
         for ref in self.references:
             lines.append(f"Paper: {ref.source}.")

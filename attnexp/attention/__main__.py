@@ -7,7 +7,7 @@ python -m attnexp.attention --markdown          # a pasteable table
 Costs of one module on a (1, C, H, W) input with its paper-default options; conv-kind modules
 as a C->C, stride-1 replacement of a 3x3 conv (compare with ``conv3x3``). MACs are conv+linear
 multiply-adds (as papers); attention ops are what those leave out (see
-:mod:`attnexp.analysis.costs`).
+:mod:`attnexp.models.costs`).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
-from attnexp.analysis.costs import ATTENTION_OPS_CONVENTION, MACS_CONVENTION, count_costs
+from attnexp.models.costs import ATTENTION_OPS_CONVENTION, MACS_CONVENTION, count_costs
 from attnexp.attention.registry import available, build_attention, build_conv, get_spec
 
 

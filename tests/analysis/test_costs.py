@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from attnexp.analysis.costs import Costs, count_costs
+from attnexp.models.costs import Costs, count_costs
 from attnexp.analysis.profile import GOLDEN_BACKBONES, spec_costs
 from attnexp.attention import AttentionModule, available, get_spec
 from attnexp.models import build_model

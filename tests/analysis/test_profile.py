@@ -75,7 +75,7 @@ def test_zoo_jobs_cover_the_registry() -> None:
 def test_profile_cli_prints_costs_and_creates_no_run_dir(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from attnexp.profile import main
+    from attnexp.cli.profile import main
 
     monkeypatch.chdir(tmp_path)
     out_json = tmp_path / "p.json"
@@ -89,7 +89,7 @@ def test_profile_cli_prints_costs_and_creates_no_run_dir(
 
 
 def test_profile_cli_sweep_gives_one_row_per_job(capsys: pytest.CaptureFixture[str]) -> None:
-    from attnexp.profile import main
+    from attnexp.cli.profile import main
 
     assert main(["-m", "experiment=demo", "--no-speed"]) == 0
     text = capsys.readouterr().out

@@ -21,7 +21,7 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline"}
 
 def _table_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "attnexp.table", *args],
+        [sys.executable, "-m", "attnexp.cli.table", *args],
         cwd=cwd,
         env=ENV,
         capture_output=True,
@@ -35,7 +35,7 @@ def test_cbam_table3_sweep_and_table(tmp_path: Path) -> None:
         [
             sys.executable,
             "-m",
-            "attnexp.train",
+            "attnexp.cli.train",
             "-m",
             "experiment=cbam_table3_cifar",
             *TINY,  # +debug=smoke, made smaller still

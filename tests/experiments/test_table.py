@@ -15,7 +15,7 @@ from scipy import stats
 
 from attnexp.analysis.table import build_table, collect_wandb, welch_ci
 from attnexp.errors import ConfigError
-from attnexp.table import OUTPUT_FILES, latest_sweep, run
+from attnexp.cli.table import OUTPUT_FILES, latest_sweep, run
 
 T3 = {
     "reference": "cbam_table3",
@@ -200,7 +200,7 @@ def test_cli_writes_files_and_refuses_to_overwrite(tmp_path: Path, capsys) -> No
 
 def test_cli_exit_codes(tmp_path: Path) -> None:
     sweep = _sweep(tmp_path, {"baseline": [30.0]})
-    cmd = [sys.executable, "-m", "attnexp.table", str(sweep)]
+    cmd = [sys.executable, "-m", "attnexp.cli.table", str(sweep)]
     first = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert first.returncode == 0, first.stderr
     second = subprocess.run(cmd, capture_output=True, text=True, timeout=120)

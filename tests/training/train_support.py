@@ -64,9 +64,9 @@ def train_with(cfg: Any, *extra: L.Callback, monkeypatch: Any) -> dict[str, Any]
 
 
 def cli(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
-    """Start ``python -m attnexp.train *args`` (output captured)."""
+    """Start ``python -m attnexp.cli.train *args`` (output captured)."""
     return subprocess.Popen(
-        [sys.executable, "-m", "attnexp.train", *args],
+        [sys.executable, "-m", "attnexp.cli.train", *args],
         cwd=cwd,
         env={**os.environ, "WANDB_MODE": "offline", **(env or {})},
         stdout=subprocess.PIPE,

@@ -95,7 +95,7 @@ def untrained() -> Callable[..., Path]:
 @pytest.fixture
 def viz(tmp_path: Path) -> Callable[..., list[Path]]:
     """Run the attnexp-viz CLI logic in-process: ``viz("checkpoint=...", ...)``."""
-    from attnexp.viz import run
+    from attnexp.cli.viz import run
 
     def call(*argv: str) -> list[Path]:
         return run(list(argv))

@@ -25,7 +25,7 @@ from attnexp.analysis.checkpoints import find_checkpoint, load_model, load_model
 from attnexp.analysis.curves import CURVES_SIZE, find_runs, read_curves
 from attnexp.analysis.gradcam import default_target_layer, grad_cam
 from attnexp.errors import ConfigError
-from attnexp.viz import main, parse_args
+from attnexp.cli.viz import main, parse_args
 
 
 def png(path: Path) -> np.ndarray:

@@ -37,7 +37,7 @@ def _is_multirun() -> bool:
         return False
 
 
-@hydra.main(version_base="1.3", config_path="conf", config_name="train")
+@hydra.main(version_base="1.3", config_path="pkg://attnexp.conf", config_name="train")
 def _hydra_main(cfg: DictConfig) -> float | None:
     from attnexp.cli import print_config_error, print_run_error
     from attnexp.errors import ConfigError
