@@ -44,9 +44,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from attnexp.models.costs import count_costs
 from attnexp.analysis.profile import cpu_model
 from attnexp.models import build_model
+from attnexp.models.costs import count_costs
 
 MODULES = ("none", "se", "cbam", "eca")
 RESULTS: dict[str, Any] = {}

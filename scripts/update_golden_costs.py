@@ -22,7 +22,6 @@ from typing import Any
 
 import torch
 
-from attnexp.models.costs import ATTENTION_OPS_CONVENTION, MACS_CONVENTION
 from attnexp.analysis.profile import (
     backbone_spec,
     golden_jobs,
@@ -30,6 +29,7 @@ from attnexp.analysis.profile import (
     hydra_session,
     spec_costs,
 )
+from attnexp.models.costs import ATTENTION_OPS_CONVENTION, MACS_CONVENTION
 
 GOLDEN = Path(__file__).resolve().parents[1] / "tests" / "golden" / "costs.json"
 

@@ -20,8 +20,8 @@ from dataclasses import dataclass
 
 import torch
 
-from attnexp.models.costs import ATTENTION_OPS_CONVENTION, MACS_CONVENTION, count_costs
 from attnexp.attention.registry import available, build_attention, build_conv, get_spec
+from attnexp.models.costs import ATTENTION_OPS_CONVENTION, MACS_CONVENTION, count_costs
 
 
 @dataclass(frozen=True)

@@ -11,10 +11,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from attnexp.models.costs import Costs, count_costs
 from attnexp.analysis.profile import GOLDEN_BACKBONES, spec_costs
 from attnexp.attention import AttentionModule, available, get_spec
 from attnexp.models import build_model
+from attnexp.models.costs import Costs, count_costs
 
 GOLDEN = Path(__file__).resolve().parents[1] / "golden" / "costs.json"
 

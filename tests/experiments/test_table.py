@@ -14,8 +14,8 @@ from exp_support import write_run
 from scipy import stats
 
 from attnexp.analysis.table import build_table, collect_wandb, welch_ci
-from attnexp.errors import ConfigError
 from attnexp.cli.table import OUTPUT_FILES, latest_sweep, run
+from attnexp.errors import ConfigError
 
 T3 = {
     "reference": "cbam_table3",

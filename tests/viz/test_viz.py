@@ -24,8 +24,8 @@ from attnexp.analysis.attention_maps import (
 from attnexp.analysis.checkpoints import find_checkpoint, load_model, load_models, model_state
 from attnexp.analysis.curves import CURVES_SIZE, find_runs, read_curves
 from attnexp.analysis.gradcam import default_target_layer, grad_cam
-from attnexp.errors import ConfigError
 from attnexp.cli.viz import main, parse_args
+from attnexp.errors import ConfigError
 
 
 def png(path: Path) -> np.ndarray:
