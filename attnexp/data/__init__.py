@@ -65,6 +65,6 @@ for _name, _module, _function in (
     ("cifar10", "cifar", "build_cifar"),
     ("cifar100", "cifar", "build_cifar"),
     ("imagefolder", "folder", "build_imagefolder"),
-    ("imagenet", "streaming", "build_imagenet"),
+    ("imagenet", "folder", "build_imagenet"),
 ):
     register_dataset(_name)(_lazy(_module, _function))

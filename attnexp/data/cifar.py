@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from attnexp.data.datamodule import STORAGE_CHOICES, InMemoryDataModule
-from attnexp.data.folder import holdout
+from attnexp.data.listing import holdout
 from attnexp.data.memory import BatchAugment
 from attnexp.data.options import get_bool, get_choice, get_int, get_path, get_triple
 from attnexp.errors import ConfigError

@@ -15,248 +15,29 @@ Two ways to feed them, chosen by ``data.in_memory`` (``auto | true | false``):
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import lightning as L
-import torch
 
-from attnexp.data.decode import IMAGE_EXTENSIONS, CorruptImageError, decode_rgb, resize_center_crop
+from attnexp.data.listing import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    RECIPES,
+    channel_stats,
+    check_num_classes,
+    default_cache_dir,
+    holdout,
+    list_images,
+    load_split,
+)
 from attnexp.data.options import get_bool, get_choice, get_float, get_int, get_path, get_triple
 from attnexp.errors import ConfigError
 
 log = logging.getLogger(__name__)
-
-CACHE_VERSION = "v2"  # bump when decoding or resizing changes the stored pixels
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-RECIPES = ("cifar", "imagenet")
-
-
-@dataclass
-class FileList:
-    """The images of one split folder, in a stable order (sorted classes, sorted paths)."""
-
-    root: Path
-    paths: list[str]
-    labels: list[int]
-    classes: list[str]
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def subset(self, indices: Sequence[int]) -> FileList:
-        return FileList(
-            self.root,
-            [self.paths[i] for i in indices],
-            [self.labels[i] for i in indices],
-            self.classes,
-        )
-
-
-@dataclass
-class FolderSplit:
-    images: torch.Tensor  # uint8 (N, 3, H, W)
-    labels: torch.Tensor  # int64 (N,)
-    classes: list[str]
-    skipped: list[str] = field(default_factory=list)  # files skipped as corrupt (skip_corrupt)
-
-
-def _walk_images(folder: Path) -> list[str]:
-    found = []
-    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        found.extend(
-            os.path.join(dirpath, f)
-            for f in filenames
-            if not f.startswith(".") and f.lower().endswith(IMAGE_EXTENSIONS)
-        )
-    return sorted(found)
-
-
-def list_images(split_dir: Path, classes: Sequence[str] | None = None) -> FileList:
-    """List ``split_dir/<class>/**/<image>`` without opening any image.
-
-    ``classes`` (the training split's) fixes the label of each class name, so a val/test
-    folder may hold a subset of the classes; unknown class folders are an error.
-    """
-    if not split_dir.is_dir():
-        raise ConfigError(
-            f"dataset folder {split_dir} does not exist; expected <data.root>/<split>/<class>/<image> "
-            f"(set data.root to the folder that holds the split folders, or the data.*_split names)"
-        )
-    found = sorted(d.name for d in split_dir.iterdir() if d.is_dir() and not d.name.startswith("."))
-    if not found:
-        loose = _walk_images(split_dir)
-        hint = (
-            f" It holds {len(loose)} images directly: sort them into one folder per class "
-            f"(for ImageNet's val set, e.g. with the usual valprep.sh script)."
-            if loose
-            else ""
-        )
-        raise ConfigError(
-            f"dataset folder {split_dir} has no class sub-folders (<class>/<image> expected).{hint}"
-        )
-    names = list(classes) if classes is not None else found
-    unknown = sorted(set(found) - set(names))
-    if unknown:
-        raise ConfigError(
-            f"{split_dir} has class folders that the training split lacks: {unknown[:10]}"
-            f"{' ...' if len(unknown) > 10 else ''}; the splits must use the same class names"
-        )
-    index = {name: i for i, name in enumerate(names)}
-    paths: list[str] = []
-    labels: list[int] = []
-    for name in found:
-        images = _walk_images(split_dir / name)
-        if not images:
-            raise ConfigError(
-                f"class folder {split_dir / name} contains no images "
-                f"(extensions {', '.join(IMAGE_EXTENSIONS)}); remove the folder or add images"
-            )
-        paths.extend(images)
-        labels.extend([index[name]] * len(images))
-    return FileList(split_dir, paths, labels, names)
-
-
-def cache_key(files: FileList, image_size: int) -> str:
-    """Changes when any file is added, removed, renamed, rewritten or touched."""
-    h = hashlib.sha1(
-        f"{CACHE_VERSION}:{image_size}:{files.root.resolve()}:{files.classes}".encode()
-    )
-    for path, label in zip(files.paths, files.labels):
-        st = os.stat(path)
-        h.update(f"{path}:{label}:{st.st_size}:{st.st_mtime_ns}\n".encode())
-    return h.hexdigest()[:20]
-
-
-def decode_files(files: FileList, image_size: int, skip_corrupt: bool = False) -> FolderSplit:
-    """Decode every file to RGB at ``image_size`` x ``image_size`` into one uint8 tensor."""
-    images = torch.empty((len(files), 3, image_size, image_size), dtype=torch.uint8)
-    keep: list[int] = []
-    skipped: list[str] = []
-    for i, path in enumerate(files.paths):
-        try:
-            images[len(keep)] = resize_center_crop(decode_rgb(path), image_size)
-        except CorruptImageError as err:
-            if not skip_corrupt:
-                raise ConfigError(
-                    f"{err}. Remove or replace the file, or set data.skip_corrupt=true to skip "
-                    f"unreadable images (their count is reported)"
-                ) from err
-            skipped.append(path)
-            continue
-        keep.append(i)
-    if not keep:
-        raise ConfigError(
-            f"no readable images in {files.root} ({len(skipped)} corrupt files skipped)"
-        )
-    if skipped:
-        log.warning(
-            "skipped %d corrupt images in %s (data.skip_corrupt=true): %s",
-            len(skipped),
-            files.root,
-            skipped[:5],
-        )
-    labels = torch.tensor([files.labels[i] for i in keep], dtype=torch.int64)
-    return FolderSplit(
-        images[: len(keep)].clone() if skipped else images, labels, files.classes, skipped
-    )
-
-
-def default_cache_dir(root: Path) -> Path:
-    """``<root>/.attnexp-cache`` when writable, else a per-user cache (shared, read-only data)."""
-    local = root / ".attnexp-cache"
-    if os.access(local if local.exists() else root, os.W_OK):
-        return local
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "attnexp" / "folders"
-
-
-def load_split(
-    files: FileList | Path, image_size: int, cache_dir: Path | None, skip_corrupt: bool = False
-) -> FolderSplit:
-    """Decode a split, or load it from the cache when its files have not changed."""
-    if isinstance(files, Path):
-        files = list_images(files)
-    if cache_dir is None:
-        return decode_files(files, image_size, skip_corrupt)
-    key = cache_key(files, image_size)
-    cache_file = (
-        cache_dir / f"{files.root.name}-{image_size}px-{key}{'-skip' if skip_corrupt else ''}.pt"
-    )
-    if cache_file.exists():
-        try:
-            blob = torch.load(cache_file, weights_only=True)
-            return FolderSplit(
-                blob["images"], blob["labels"], list(blob["classes"]), list(blob["skipped"])
-            )
-        except Exception as err:  # a partial or foreign file: decode again and overwrite it
-            log.warning("ignoring unreadable cache file %s (%s)", cache_file, err)
-    log.info("decoding %d images from %s (cached in %s)", len(files), files.root, cache_dir)
-    split = decode_files(files, image_size, skip_corrupt)
-    tmp = None
-    try:
-        cache_dir.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=cache_dir, suffix=".tmp")
-        os.close(fd)
-        blob = {
-            "images": split.images,
-            "labels": split.labels,
-            "classes": split.classes,
-            "skipped": split.skipped,
-        }
-        torch.save(blob, tmp)
-        os.replace(tmp, cache_file)  # atomic: concurrent runs never read a half-written cache
-    except (OSError, RuntimeError) as err:  # read-only or full disk: the run goes on uncached
-        log.warning(
-            "could not write the decode cache %s (%s); continuing without it", cache_file, err
-        )
-        if tmp is not None and os.path.exists(tmp):
-            os.unlink(tmp)
-    return split
-
-
-def channel_stats(images: torch.Tensor) -> tuple[list[float], list[float]]:
-    """Per-channel mean and std in [0, 1] of uint8 images, exactly, from value histograms.
-
-    A histogram of the 256 values per channel gives both moments without a float copy of
-    the data (a float64 pass over CIFAR-10 takes ~10 s on a small CPU; this takes ~1 s).
-    """
-    values = torch.arange(256, dtype=torch.float64)
-    mean, std = [], []
-    for c in range(images.shape[1]):
-        hist = torch.bincount(images[:, c].reshape(-1), minlength=256).to(torch.float64)
-        m = float((hist * values).sum() / hist.sum())
-        var = float((hist * (values - m) ** 2).sum() / hist.sum())
-        mean.append(m / 255)
-        std.append(max(var**0.5 / 255, 1e-3))
-    return mean, std
-
-
-def holdout(n: int, val_size: int, seed: int, what: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """Indices (train, val) of a fixed random hold-out of ``val_size`` from ``n`` samples."""
-    if not 0 < val_size < n:
-        raise ConfigError(
-            f"data.val_size={val_size} must be between 1 and {n - 1} ({what} has {n} images)"
-        )
-    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
-    return perm[val_size:].sort().values, perm[:val_size].sort().values
-
-
-def check_num_classes(cfg: Mapping[str, Any], found: int, where: Path) -> int:
-    declared = cfg.get("num_classes")
-    if declared is not None and get_int(cfg, "num_classes", None, minimum=1) != found:
-        raise ConfigError(
-            f"data.num_classes={declared} but {where} has {found} class folders; "
-            f"set data.num_classes={found}"
-        )
-    return found
 
 
 def _root(cfg: Mapping[str, Any]) -> Path:
@@ -427,3 +208,28 @@ def _pair(cfg: Mapping[str, Any], key: str, default: tuple[float, float]) -> tup
     if not 0 < low <= high:
         raise ConfigError(f"data.{key} must satisfy 0 < low <= high, got {list(value)}")
     return low, high
+
+
+def build_imagenet(cfg: Mapping[str, Any]) -> L.LightningDataModule:
+    """``data=imagenet``: ILSVRC-2012 in the ImageFolder layout, streamed, ResNet recipe."""
+    from attnexp.data.options import get_path
+
+    root = get_path(cfg, "root")
+    if not root.is_dir():
+        raise ConfigError(
+            f"ImageNet not found: data.root {str(root)!r} does not exist (looked in {root.resolve()}). "
+            f"ImageNet cannot be downloaded automatically (it needs an image-net.org account): extract "
+            f"ILSVRC2012 so that <root>/train/<wnid>/*.JPEG and <root>/val/<wnid>/*.JPEG exist (sort the "
+            f"val images into class folders first) and set data.root=/path/to/imagenet"
+        )
+    defaults = {
+        "train_split": "train",
+        "val_split": "val",
+        "test_split": "val",
+        "num_classes": 1000,
+    }
+    defaults.update(
+        {"image_size": 224, "resize_size": 256, "batch_size": 256, "prefetch_factor": 4}
+    )
+    merged = {**defaults, **cfg}  # the config's keys (even null ones) win over these defaults
+    return build_imagefolder(merged, recipe_default="imagenet", in_memory_default="false")

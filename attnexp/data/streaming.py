@@ -24,8 +24,7 @@ and the file is recorded in a flag tensor in shared memory, so the main process 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Iterator, Sequence
 
 import lightning as L
 import torch
@@ -33,7 +32,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision.transforms import v2
 
 from attnexp.data.decode import CorruptImageError, decode_rgb, resize_center_crop
-from attnexp.data.folder import FileList
+from attnexp.data.listing import FileList
 from attnexp.data.memory import BatchAugment, cutout, mix_seed
 from attnexp.errors import ConfigError
 
@@ -159,7 +158,7 @@ def estimate_stats(
     files: FileList, image_size: int, seed: int = 0, count: int = 1000
 ) -> tuple[list[float], list[float]]:
     """Per-channel mean/std in [0, 1] from a fixed random sample of ``count`` images."""
-    from attnexp.data.folder import channel_stats
+    from attnexp.data.listing import channel_stats
 
     pick = torch.randperm(len(files), generator=torch.Generator().manual_seed(seed))[
         :count
@@ -282,29 +281,3 @@ class StreamingDataModule(L.LightningDataModule):
                 len(skipped),
                 skipped[:5],
             )
-
-
-def build_imagenet(cfg: Mapping[str, Any]) -> L.LightningDataModule:
-    """``data=imagenet``: ILSVRC-2012 in the ImageFolder layout, streamed, ResNet recipe."""
-    from attnexp.data.folder import build_imagefolder
-    from attnexp.data.options import get_path
-
-    root = get_path(cfg, "root")
-    if not root.is_dir():
-        raise ConfigError(
-            f"ImageNet not found: data.root {str(root)!r} does not exist (looked in {root.resolve()}). "
-            f"ImageNet cannot be downloaded automatically (it needs an image-net.org account): extract "
-            f"ILSVRC2012 so that <root>/train/<wnid>/*.JPEG and <root>/val/<wnid>/*.JPEG exist (sort the "
-            f"val images into class folders first) and set data.root=/path/to/imagenet"
-        )
-    defaults = {
-        "train_split": "train",
-        "val_split": "val",
-        "test_split": "val",
-        "num_classes": 1000,
-    }
-    defaults.update(
-        {"image_size": 224, "resize_size": 256, "batch_size": 256, "prefetch_factor": 4}
-    )
-    merged = {**defaults, **cfg}  # the config's keys (even null ones) win over these defaults
-    return build_imagefolder(merged, recipe_default="imagenet", in_memory_default="false")

@@ -14,7 +14,7 @@ from PIL import Image
 from attnexp.data import build_datamodule
 from attnexp.data.datamodule import InMemoryDataModule
 from attnexp.data.decode import decode_rgb
-from attnexp.data.folder import cache_key, channel_stats, list_images, load_split
+from attnexp.data.listing import cache_key, channel_stats, list_images, load_split
 from attnexp.data.streaming import StreamingDataModule
 from attnexp.errors import ConfigError
 
