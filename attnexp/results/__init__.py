@@ -1,58 +1,88 @@
-"""The run record that every later tool reads: ``<run dir>/metrics.json``.
+"""What a run is and where it lives: the typed run record and the run directory layout.
 
-Written atomically (temporary file + rename), so a crash never leaves half a record, and
-never silently replaced: a second writer for the same run dir is an error.
+* :class:`RunRecord` (:mod:`attnexp.results.record`): the record of one run, written to
+  ``<run dir>/metrics.json`` (versioned JSON, ``RunRecord.to_dict`` / ``from_dict``; older
+  schema versions are migrated on reading). ``record.attention`` is the full
+  :class:`AttentionSpec` (module, options, placement, conv module and sites, extra
+  placements); ``record.names`` the dashboard names (:class:`RunNames`).
+* :class:`RunDir` (:mod:`attnexp.results.rundir`): the paths of a run (config, overrides,
+  checkpoints, CSV log, metrics.json, eval records, pictures) and reading/writing them.
+* :func:`run_names` (:mod:`attnexp.results.names`): group / name / tags of a run in a sweep.
+* :func:`atomic_write_text`: crash-safe writes with the permissions the umask allows.
+
+The lowest layer of the package, beside :mod:`attnexp.errors`: it imports nothing else of
+attnexp.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-METRICS_FILE = "metrics.json"
-SCHEMA_VERSION = 1
+from attnexp.results.atomic import atomic_write_bytes, atomic_write_text, default_file_mode
+from attnexp.results.names import run_names
+from attnexp.results.record import (
+    SCHEMA_VERSION,
+    AttentionSpec,
+    BestMetrics,
+    Costs,
+    ErrorInfo,
+    FinalMetrics,
+    HydraInfo,
+    ModuleSpec,
+    RunNames,
+    RunRecord,
+    TestMetrics,
+    Throughput,
+    TrainingInfo,
+    as_record,
+    migrate,
+)
+from attnexp.results.rundir import METRICS_FILE, RunDir
+
+__all__ = [
+    "METRICS_FILE",
+    "SCHEMA_VERSION",
+    "AttentionSpec",
+    "BestMetrics",
+    "Costs",
+    "ErrorInfo",
+    "FinalMetrics",
+    "HydraInfo",
+    "ModuleSpec",
+    "RunDir",
+    "RunNames",
+    "RunRecord",
+    "TestMetrics",
+    "Throughput",
+    "TrainingInfo",
+    "as_record",
+    "atomic_write_bytes",
+    "atomic_write_text",
+    "default_file_mode",
+    "find_run_dirs",
+    "migrate",
+    "read_metrics",
+    "run_names",
+    "write_metrics",
+]
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` via a temporary file in the same directory + rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def write_metrics(run_dir: str | Path, record: Mapping[str, Any], overwrite: bool = False) -> Path:
-    """Write the run record; refuses to replace an existing one unless ``overwrite``."""
-    path = Path(run_dir) / METRICS_FILE
-    if path.exists() and not overwrite:
-        raise FileExistsError(f"{path} already exists; a run directory holds exactly one run")
-    payload = {"schema_version": SCHEMA_VERSION, **record}
-    atomic_write_text(path, json.dumps(payload, indent=2, sort_keys=False, default=str) + "\n")
-    return path
+def write_metrics(
+    run_dir: str | Path, record: RunRecord | Mapping[str, Any], overwrite: bool = False
+) -> Path:
+    """Write the run record to ``<run_dir>/metrics.json`` (see :meth:`RunDir.write_record`)."""
+    return RunDir(run_dir).write_record(as_record(record), overwrite=overwrite)
 
 
 def read_metrics(run_dir: str | Path) -> dict[str, Any]:
-    return json.loads((Path(run_dir) / METRICS_FILE).read_text())
+    """The run record's JSON form, migrated to the current schema."""
+    return migrate(json.loads(RunDir(run_dir).metrics_file.read_text()))
 
 
 def find_run_dirs(root: str | Path) -> Iterator[Path]:
-    """Run dirs below ``root``: directories holding ``.hydra/config.yaml`` or metrics.json."""
-    root = Path(root)
-    seen: set[Path] = set()
-    for marker in ("metrics.json", ".hydra/config.yaml"):
-        for hit in sorted(root.rglob(marker)):
-            run = hit.parent if marker == "metrics.json" else hit.parent.parent
-            if run not in seen:
-                seen.add(run)
-                yield run
+    """Paths of the run dirs below ``root`` (see :meth:`RunDir.find`)."""
+    for run in RunDir.find(root):
+        yield run.path
