@@ -8,6 +8,7 @@ continues). Sweep tables read the status, so a broken run is flagged, never drop
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 import traceback
@@ -17,10 +18,25 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from attnexp import builders
-from attnexp.results import read_metrics, write_metrics
+from attnexp.results import (
+    AttentionSpec,
+    BestMetrics,
+    Costs,
+    ErrorInfo,
+    FinalMetrics,
+    HydraInfo,
+    RunDir,
+    RunNames,
+    RunRecord,
+    TestMetrics,
+    Throughput,
+    TrainingInfo,
+    as_record,
+    run_names,
+)
 from attnexp.runtime import git_commit, package_version
 from attnexp.training import resume as resume_mod
 
@@ -47,21 +63,25 @@ def task_overrides() -> list[str]:
     return list(hc.overrides.task) if hc is not None else []
 
 
-def _hydra_info() -> dict[str, Any]:
+def _hydra_info() -> HydraInfo:
     hc = _hydra_runtime()
     if hc is None:
-        return {"choices": {}, "overrides": [], "job_num": None}
+        return HydraInfo()
     choices = {
         k: v
         for k, v in OmegaConf.to_container(hc.runtime.choices).items()
         if not k.startswith("hydra/")
     }
-    return {
-        "choices": choices,
-        "overrides": list(hc.overrides.task),
-        "job_num": hc.job.get("num"),
-        "sweep_dir": hc.sweep.dir if hc.mode.name == "MULTIRUN" else None,
-    }
+    return HydraInfo(
+        choices=choices,
+        overrides=list(hc.overrides.task),
+        job_num=hc.job.get("num"),
+        sweep_dir=str(hc.sweep.dir) if hc.mode.name == "MULTIRUN" else None,
+    )
+
+
+def _known_hydra(data: dict[str, Any]) -> HydraInfo:
+    return RunRecord.from_dict({"hydra": data}).hydra
 
 
 def run_dir_of(cfg: DictConfig) -> Path:
@@ -95,93 +115,113 @@ class _Run:
         self.resumes: list[dict[str, Any]] = []
         self.loggers: list[Any] = []
 
-    def record(self, status: str, error: BaseException | None = None) -> dict[str, Any]:
-        cfg, trainer = self.cfg, self.trainer
+    def record(self, status: str, error: BaseException | None = None) -> RunRecord:
+        """The typed run record of what is known now (any part may still be missing)."""
+        cfg, trainer, plan, costs = self.cfg, self.trainer, self.plan, self.costs
         ckpt = _model_checkpoint(trainer)
-        best_val = best_epoch = None
+        best = BestMetrics()
         if ckpt is not None and ckpt.best_model_score is not None:
-            best_val = float(ckpt.best_model_score)
-            best_epoch = _epoch_of(ckpt.best_model_path)
+            best = BestMetrics(float(ckpt.best_model_score), _epoch_of(ckpt.best_model_path))
         epochs = int(trainer.current_epoch) if trainer is not None else None
         steps = int(trainer.global_step) if trainer is not None else None
         train_images = _images_per_epoch(trainer, self.datamodule)
-        fit_seconds = self.fit_seconds
+        trained = _trained_epochs(trainer, plan)
         ema = next(
             (c for c in (trainer.callbacks if trainer else []) if type(c).__name__ == "EMA"), None
         )
-        costs = self.costs
-        plan = self.plan
-        record: dict[str, Any] = {
-            "status": status,
-            "experiment": cfg.get("experiment_name"),
-            "run_dir": str(run_dir_of(cfg).resolve()),
-            "seed": _safe(lambda: int(cfg.seed)),
-            "model": _safe(lambda: cfg.model.name),
-            "attention": _safe(lambda: cfg.attention.get("name", "none")),
-            "dataset": _safe(lambda: cfg.data.name),
-            "epochs": epochs,
-            "global_step": steps,
-            "final": {
-                "val_top1_err": _metric(self.fit_metrics, "val/top1_err"),
-                "val_top5_err": _metric(self.fit_metrics, "val/top5_err"),
-                "val_loss": _metric(self.fit_metrics, "val/loss"),
-                "train_loss": _metric(self.fit_metrics, "train/loss"),
-                "train_top1_err": _metric(self.fit_metrics, "train/top1_err"),
-            },
-            "best": {"val_top1_err": best_val, "epoch": best_epoch},
-            "test": {
-                "top1_err": _metric(self.test_metrics, "test/top1_err"),
-                "top5_err": _metric(self.test_metrics, "test/top5_err"),
-                "loss": _metric(self.test_metrics, "test/loss"),
-                # "best" (the best-val checkpoint), "final" (last weights: no checkpointing) or None
-                "checkpoint": ("best" if self.test_checkpoint else "final")
-                if self.test_metrics
+        fit, test = self.fit_metrics, self.test_metrics
+        record = RunRecord(
+            status=status,
+            experiment=cfg.get("experiment_name"),
+            run_dir=str(run_dir_of(cfg).resolve()),
+            seed=_safe(lambda: int(cfg.seed)),
+            model=_safe(lambda: cfg.model.name),
+            dataset=_safe(lambda: cfg.data.name),
+            attention=_safe(lambda: AttentionSpec.from_config(cfg)) or AttentionSpec(),
+            epochs=epochs,
+            global_step=steps,
+            final=FinalMetrics(
+                val_top1_err=_metric(fit, "val/top1_err"),
+                val_top5_err=_metric(fit, "val/top5_err"),
+                val_loss=_metric(fit, "val/loss"),
+                train_loss=_metric(fit, "train/loss"),
+                train_top1_err=_metric(fit, "train/top1_err"),
+            ),
+            best=best,
+            test=TestMetrics(
+                top1_err=_metric(test, "test/top1_err"),
+                top5_err=_metric(test, "test/top5_err"),
+                loss=_metric(test, "test/loss"),
+                # "best" (the best-val checkpoint), "final" (last weights: no checkpointing)
+                checkpoint=("best" if self.test_checkpoint else "final") if test else None,
+                checkpoint_file=Path(self.test_checkpoint).name if self.test_checkpoint else None,
+            ),
+            costs=Costs(
+                params=costs.params,
+                macs=costs.macs,
+                attention_ops=costs.attention_ops,
+                input_shape=list(costs.input_shape),
+                counter="attnexp.models.costs (conv+linear multiply-adds; attention ops separately)",
+            )
+            if costs
+            else Costs(),
+            throughput=Throughput(
+                fit_seconds=self.fit_seconds,
+                train_images_per_s=(train_images * trained / self.fit_seconds)
+                if train_images and self.fit_seconds and trained > 0
                 else None,
-                "checkpoint_file": Path(self.test_checkpoint).name
-                if self.test_checkpoint
-                else None,
-            },
-            "costs": {
-                "params": costs.params if costs else None,
-                "macs": costs.macs if costs else None,
-                "attention_ops": costs.attention_ops if costs else None,
-                "input_shape": list(costs.input_shape) if costs else None,
-                "counter": "attnexp.models.costs (conv+linear multiply-adds; attention ops separately)",
-            },
-            "throughput": {
-                "fit_seconds": fit_seconds,
-                "train_images_per_s": (train_images * _trained_epochs(trainer, plan) / fit_seconds)
-                if train_images and fit_seconds and _trained_epochs(trainer, plan) > 0
-                else None,
-                "device": str(trainer.strategy.root_device) if trainer is not None else None,
-                "precision": str(trainer.precision) if trainer is not None else None,
-            },
-            "training": {
-                "lr": getattr(self.module, "effective_lr", None),
-                "ema": ema is not None,
-                "ema_decay": ema.decay if ema is not None else None,
-                "resumed_from": str(plan.checkpoint) if plan else None,
-                "resumed_at": {"epoch": plan.epoch, "global_step": plan.global_step}
-                if plan
-                else None,
-                "resumes": self.resumes,
-            },
-            "wall_seconds": time.time() - self.started,
-            "hydra": plan.hydra if plan and plan.hydra else _hydra_info(),
-            "config": _safe(lambda: OmegaConf.to_container(cfg, resolve=True)),
-            "version": package_version(),
-            "git_commit": git_commit(),
-            "torch": torch.__version__,
-        }
+                device=str(trainer.strategy.root_device) if trainer is not None else None,
+                precision=str(trainer.precision) if trainer is not None else None,
+            ),
+            training=TrainingInfo(
+                lr=getattr(self.module, "effective_lr", None),
+                ema=ema is not None,
+                ema_decay=ema.decay if ema is not None else None,
+                resumed_from=str(plan.checkpoint) if plan else None,
+                resumed_at={"epoch": plan.epoch, "global_step": plan.global_step} if plan else None,
+                resumes=self.resumes,
+            ),
+            wall_seconds=time.time() - self.started,
+            hydra=self.hydra,
+            names=self.names,
+            config=_safe(lambda: OmegaConf.to_container(cfg, resolve=True)),
+            version=package_version(),
+            git_commit=git_commit(),
+            torch=torch.__version__,
+        )
         if error is not None:
-            record["error"] = {
-                "type": type(error).__name__,
-                "message": str(error) or type(error).__name__,
-                "epoch": epochs,
-                "global_step": steps,
-                "traceback": "".join(traceback.format_exception(error))[-4000:],
-            }
+            record.error = ErrorInfo(
+                type=type(error).__name__,
+                message=str(error) or type(error).__name__,
+                epoch=epochs,
+                global_step=steps,
+                traceback="".join(traceback.format_exception(error))[-4000:],
+            )
         return record
+
+    @property
+    def hydra(self) -> HydraInfo:
+        """The original run's choices and overrides (a resume), else this job's."""
+        if self.plan is not None and self.plan.hydra:
+            return _known_hydra(self.plan.hydra)
+        return _hydra_info()
+
+    @property
+    def names(self) -> RunNames:
+        """Dashboard names (wandb group/name/tags, CSV hparams, the record): the sweep as
+        the group, the swept values and the seed as the name."""
+        cfg, hydra = self.cfg, self.hydra
+        return run_names(
+            cfg.get("experiment_name"),
+            hydra.overrides,
+            seed=_safe(lambda: int(cfg.seed)),
+            sweep_dir=hydra.sweep_dir,
+            sweep_name=cfg.get("sweep_name"),
+            model=_safe(lambda: cfg.model.name),
+            attention=_safe(lambda: AttentionSpec.from_config(cfg).name),
+            dataset=_safe(lambda: cfg.data.name),
+            extra_tags=[str(t) for t in cfg.get("tags") or []],
+        )
 
 
 def _safe(fn: Any) -> Any:
@@ -262,8 +302,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     finally:
         _close_loggers(run, status)
     if _is_rank_zero():
-        write_metrics(run_dir_of(run.cfg), record, overwrite=_may_overwrite(run))
-    return record
+        RunDir(run_dir_of(run.cfg)).write_record(record, overwrite=_may_overwrite(run))
+    return record.to_dict()
 
 
 def _is_rank_zero() -> bool:
@@ -278,22 +318,16 @@ def _is_rank_zero() -> bool:
 def _save_config(cfg: DictConfig) -> None:
     """Give runs started outside Hydra (tests, notebooks) the ``.hydra/config.yaml`` that
     every tool (resume, attnexp-eval, tables) uses to recognise and rebuild a run."""
-    run_dir = run_dir_of(cfg)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    path = run_dir / resume_mod.HYDRA_DIR / "config.yaml"
-    if not path.exists():
-        path.parent.mkdir(exist_ok=True)
-        OmegaConf.save(cfg, path)
+    RunDir(run_dir_of(cfg)).save_config(cfg)
 
 
 def _previous_resumes(plan: resume_mod.ResumePlan) -> list[dict[str, Any]]:
     if not plan.in_place:
         return []
     try:
-        previous = read_metrics(plan.run_dir)
+        return list(RunDir(plan.run_dir).read_record().training.resumes)
     except (OSError, ValueError):
         return []
-    return list((previous.get("training") or {}).get("resumes") or [])
 
 
 def _may_overwrite(run: _Run) -> bool:
@@ -301,7 +335,7 @@ def _may_overwrite(run: _Run) -> bool:
     complete, or when this run continues it (resume, e.g. with more epochs)."""
     if run.plan is not None and run.plan.in_place:
         return True
-    return resume_mod.previous_status(run_dir_of(run.cfg)) != "completed"
+    return RunDir(run_dir_of(run.cfg)).status() != "completed"
 
 
 def _record_failure(run: _Run, status: str, err: BaseException) -> None:
@@ -310,15 +344,15 @@ def _record_failure(run: _Run, status: str, err: BaseException) -> None:
         if not _is_rank_zero() or not _may_overwrite(run):  # e.g. a config error when
             return  # starting in a finished run dir
         record = run.record(status, err)
-        if status == "interrupted":
-            record["error"]["hint"] = f"continue with: attnexp-train resume={run_dir.resolve()}"
-        write_metrics(run_dir, record, overwrite=True)
-        print(summary_line(record))
+        if status == "interrupted" and record.error is not None:
+            record.error.hint = f"continue with: attnexp-train resume={run_dir.resolve()}"
+        RunDir(run_dir).write_record(record, overwrite=True)
+        print(record.summary_line())
     except Exception as inner:  # the original error matters more than the record
         log.error("could not write the failure record: %s", inner)
 
 
-def _train(run: _Run) -> dict[str, Any]:
+def _train(run: _Run) -> RunRecord:
     from attnexp.models.costs import count_costs
     from attnexp.validation import validate_config
 
@@ -330,7 +364,7 @@ def _train(run: _Run) -> dict[str, Any]:
     image_size = int(cfg.data.get("image_size", 32))
     run.costs = count_costs(backbone, (1, 3, image_size, image_size))
     run.module = builders.build_module(cfg, backbone, run.datamodule.num_classes)
-    run.loggers = builders.build_loggers(cfg)
+    run.loggers = builders.build_loggers(_with_names(cfg, run.names))
     if run.plan is not None and run.plan.in_place:
         for logger in run.loggers:
             if hasattr(logger, "resume_from"):
@@ -352,9 +386,38 @@ def _train(run: _Run) -> dict[str, Any]:
         results = trainer.test(run.module, datamodule=run.datamodule, ckpt_path=best, verbose=False)
         run.test_metrics = {k: float(v) for k, v in (results[0] if results else {}).items()}
         run.test_checkpoint = best
+        if best:
+            _log_checkpoint(run, Path(best))
     record = run.record("completed")
     _log_summary(run, record)
     return record
+
+
+def _with_names(cfg: DictConfig, names: RunNames) -> DictConfig:
+    """``cfg`` with the dashboard names filled into loggers that take them (the wandb
+    logger's ``group``/``name``/``tags``/``job_type`` left null in conf/logger/wandb.yaml)."""
+    cfg = cfg.copy()
+    filled = {"group": names.group, "name": names.name, "tags": names.tags}
+    filled["job_type"] = names.job_type
+    with open_dict(cfg):
+        for node in (cfg.get("logger") or {}).values():
+            if node is None or "_target_" not in node or "group" not in node:
+                continue
+            for key, value in filled.items():
+                if node.get(key) is None:
+                    node[key] = value
+    return cfg
+
+
+def _log_checkpoint(run: _Run, best: Path) -> None:
+    """The best checkpoint as an artifact, for loggers that are asked to
+    (``logger.wandb.log_checkpoint=true``)."""
+    for logger in run.loggers:
+        if getattr(logger, "log_checkpoint", False) and hasattr(logger, "log_best_checkpoint"):
+            ckpt = _model_checkpoint(run.trainer)
+            score = getattr(ckpt, "best_model_score", None)
+            meta = {"best_val_top1_err": float(score) if score is not None else None}
+            logger.log_best_checkpoint(best, {**meta, "run": run.names.name})
 
 
 def _log_config(run: _Run) -> None:
@@ -368,19 +431,21 @@ def _log_config(run: _Run) -> None:
     }
     # What the user typed (and which config file of each group was chosen), so dashboards
     # can group a sweep by its varied options rather than by the expanded config.
-    params["hydra"] = _hydra_info()
+    params["hydra"] = dataclasses.asdict(run.hydra)
+    # The names the dashboard shows (also in the CSV log's hparams.yaml and the record).
+    params["run"] = dataclasses.asdict(run.names)
     for logger in run.loggers:
         logger.log_hyperparams(params)
 
 
-def _log_summary(run: _Run, record: dict[str, Any]) -> None:
+def _log_summary(run: _Run, record: RunRecord) -> None:
     summary = {
-        "status": record["status"],
-        "test/top1_err": record["test"]["top1_err"],
-        "test/top5_err": record["test"]["top5_err"],
-        "best/val_top1_err": record["best"]["val_top1_err"],
-        "costs/params": record["costs"]["params"],
-        "costs/macs": record["costs"]["macs"],
+        "status": record.status,
+        "test/top1_err": record.test.top1_err,
+        "test/top5_err": record.test.top5_err,
+        "best/val_top1_err": record.best.val_top1_err,
+        "costs/params": record.costs.params,
+        "costs/macs": record.costs.macs,
     }
     for logger in run.loggers:
         if hasattr(logger, "log_summary"):
@@ -404,30 +469,6 @@ def builders_datamodule(cfg: DictConfig) -> L.LightningDataModule:
     return build_datamodule(builders.to_dict(cfg.data))
 
 
-def summary_line(record: dict[str, Any]) -> str:
+def summary_line(record: RunRecord | dict[str, Any]) -> str:
     """One line a user can paste: what ran, the errors, the cost and the time."""
-
-    def fmt(v: float | None) -> str:
-        return "n/a" if v is None else f"{v:.2f}"
-
-    what = f"{record['model']}+{record['attention']} on {record['dataset']} seed={record['seed']}"
-    if record["status"] != "completed":
-        err = record.get("error", {})
-        where = (
-            "before training"
-            if record["global_step"] is None
-            else f"at epoch {record['epochs']}, step {record['global_step']}"
-        )
-        return (
-            f"[attnexp] {record['status'].upper()} {what} {where}: "
-            f"{err.get('type')}: {err.get('message')} -> {record['run_dir']}"
-        )
-    test, best = record["test"], record["best"]
-    params, macs = record["costs"]["params"], record["costs"]["macs"]
-    return (
-        f"[attnexp] {what}: "
-        f"test top1/top5 err {fmt(test['top1_err'])}/{fmt(test['top5_err'])}%, "
-        f"best val top1 err {fmt(best['val_top1_err'])}%, "
-        f"{params:,} params, {macs / 1e6:.1f} MMACs, "
-        f"{record['epochs']} epochs in {record['wall_seconds']:.0f}s -> {record['run_dir']}"
-    )
+    return as_record(record).summary_line()

@@ -8,8 +8,8 @@ attention=se,none optimizer.lr=0.1,0.05 seed=0,1``:
   the experiment name);
 * name: the swept values plus the seed, e.g. ``attention=se,lr=0.05,s1`` (a key is
   shortened to its last part when that stays unambiguous); unique within the sweep;
-* tags: the swept ``key=value`` pairs, then the model and dataset names and the config's
-  own ``tags``.
+* tags: the swept ``key=value`` pairs, then the model, attention and dataset names and the
+  config's own ``tags``.
 
 Which keys were swept comes from the sweep's ``multirun.yaml`` (Hydra writes it before the
 first job starts): command-line overrides with sweep syntax (``a,b``, ``range()``,
@@ -85,6 +85,7 @@ def run_names(
     swept: Iterable[str] | None = None,
     sweep_name: str | None = None,
     model: str | None = None,
+    attention: str | None = None,
     dataset: str | None = None,
     extra_tags: Iterable[str] = (),
     job_type: str = "train",
@@ -115,6 +116,6 @@ def run_names(
     else:
         group = experiment or "default"
     tags = [f"{k}={v}" for k, v in setting.items()]
-    tags += [t for t in (model, dataset, *extra_tags) if t]
+    tags += [t for t in (model, attention, dataset, *extra_tags) if t]
     tags = list(dict.fromkeys(str(t)[:MAX_TAG] for t in tags))
     return RunNames(group=group, name=",".join(parts) or "run", tags=tags, job_type=job_type)

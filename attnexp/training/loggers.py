@@ -131,14 +131,28 @@ class WandbLogger(_LightningWandbLogger):
     Other keyword arguments go to ``wandb.init`` (``group``, ``tags``, ``name``, ...).
     """
 
-    def __init__(self, *, mode: str = "auto", init_timeout: float = 30.0, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *,
+        mode: str = "auto",
+        init_timeout: float = 30.0,
+        log_checkpoint: bool = False,
+        **kwargs: Any,
+    ) -> None:
         if mode not in MODES:
             raise ValueError(f"logger.wandb.mode must be one of {MODES}, got {mode!r}")
         if kwargs.get("id") is None and kwargs.get("version") is None and kwargs.get("save_dir"):
             kwargs["id"] = run_id_for(kwargs["save_dir"])
+        # null names (conf/logger/wandb.yaml) are filled by attnexp.run; wandb.init wants
+        # them absent rather than None
+        for key in ("group", "tags", "job_type"):
+            if kwargs.get(key) is None:
+                kwargs.pop(key, None)
         super().__init__(**kwargs)
         self._requested_mode = mode
         self._init_timeout = float(init_timeout)
+        #: Upload the best checkpoint as a ``model`` artifact (``log_best_checkpoint``).
+        self.log_checkpoint = bool(log_checkpoint)
         #: The mode the run actually started in (online | offline | disabled).
         self.mode: str | None = None
 
@@ -205,6 +219,19 @@ class WandbLogger(_LightningWandbLogger):
         """Put final numbers (test errors, params, MACs, status) in the run's summary."""
         if self._experiment is not None:
             self._experiment.summary.update(dict(values))
+
+    def log_best_checkpoint(self, path: str | Path, metadata: Mapping[str, Any]) -> None:
+        """The best checkpoint as a wandb ``model`` artifact (alias ``best``); offline runs
+        keep it for ``wandb sync``."""
+        if self._experiment is None:
+            return
+        import wandb
+
+        artifact = wandb.Artifact(
+            name=f"model-{self._experiment.id}", type="model", metadata=dict(metadata)
+        )
+        artifact.add_file(str(path), name=Path(path).name)
+        self._experiment.log_artifact(artifact, aliases=["best", "latest"])
 
     def finish(self, exit_code: int = 0) -> None:
         """End the wandb run (flushes offline files); the next run of a sweep starts anew."""
