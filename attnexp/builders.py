@@ -6,6 +6,7 @@ Lightning module take plain arguments.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from typing import Any
 
@@ -24,8 +25,7 @@ def to_dict(node: Any) -> Any:
     return node
 
 
-def placements_from_config(cfg: DictConfig) -> list[dict[str, Any]]:
-    """The ``attention`` + ``placement`` pair plus any ``extra_placements``."""
+def _placements_with_init(cfg: DictConfig) -> list[dict[str, Any]]:
     placements: list[dict[str, Any]] = []
     attention = to_dict(cfg.get("attention")) or {"name": "none"}
     if attention.get("name", "none") != "none":
@@ -38,17 +38,35 @@ def placements_from_config(cfg: DictConfig) -> list[dict[str, Any]]:
     return placements
 
 
-def build_backbone(cfg: DictConfig) -> nn.Module:
+def placements_from_config(cfg: DictConfig) -> list[dict[str, Any]]:
+    """The ``attention`` + ``placement`` pair plus any ``extra_placements`` (without their
+    ``init``, which says how the modules start, not where they go: :func:`placement_inits`)."""
+    return [{k: v for k, v in p.items() if k != "init"} for p in _placements_with_init(cfg)]
+
+
+def placement_inits(cfg: DictConfig) -> list[str]:
+    """``init`` of every placement (``default`` | ``identity``), in the same order."""
+    return [str(p.get("init") or "default") for p in _placements_with_init(cfg)]
+
+
+def build_backbone(cfg: DictConfig, pretrained: bool = True) -> nn.Module:
+    """The backbone with its placements; ``model.pretrained`` weights loaded unless
+    ``pretrained=False`` (attnexp-eval: the checkpoint holds every weight)."""
     from attnexp.models import build_model
+    from attnexp.models.pretrained import initialise_placed, load_pretrained
 
     model_cfg = dict(to_dict(cfg.model))
     name = model_cfg.pop("name")
-    return build_model(
-        name,
-        placements=placements_from_config(cfg),
-        conv=to_dict(cfg.get("conv")),
-        **model_cfg,
-    )
+    source = model_cfg.pop("pretrained", None)
+    placements = placements_from_config(cfg)
+    model = build_model(name, placements=placements, conv=to_dict(cfg.get("conv")), **model_cfg)
+    for i, init in enumerate(placement_inits(cfg)):
+        initialise_placed(model, init, where=f"placements[{i}]")
+    if source and pretrained:
+        report = load_pretrained(model, source, name)
+        model.pretrained_report = report  # type: ignore[assignment]
+        logging.getLogger(__name__).info(report.summary())
+    return model
 
 
 #: Keys of the ``training`` config passed to :class:`ClassificationModule`.

@@ -630,7 +630,8 @@ def backbone_spec(cfg: DictConfig) -> dict[str, Any]:
     from attnexp import builders
 
     return {
-        "model": builders.to_dict(cfg.model),
+        # model.pretrained says where weights come from, not what the architecture is
+        "model": {k: v for k, v in builders.to_dict(cfg.model).items() if k != "pretrained"},
         "placements": builders.placements_from_config(cfg),
         "conv": builders.to_dict(cfg.get("conv")),
         "image_size": config_image_size(cfg),

@@ -1,22 +1,41 @@
-"""The cost counter: published MACs/params, the counting convention, the golden file."""
+"""The cost counter: published MACs/params, the counting convention, the golden file.
+
+The golden file (tests/golden/costs.json, written by scripts/update_golden_costs.py) records
+what every preset job composes to: its backbone spec and its costs. The default suite
+composes every job again through Hydra and compares the spec and the parameter count (a
+preset that silently changes backbone, module, placement, classes or size fails here); the
+``essential`` stage recounts MACs and attention ops too.
+"""
 
 from __future__ import annotations
 
 import importlib.util
 import json
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from attnexp.analysis.profile import GOLDEN_BACKBONES, spec_costs
 from attnexp.attention import AttentionModule, available, get_spec
+from attnexp.experiments import available_presets
 from attnexp.models import build_model
 from attnexp.models.costs import Costs, count_costs
 
-GOLDEN = Path(__file__).resolve().parents[1] / "golden" / "costs.json"
+
+def _load_updater() -> ModuleType:
+    path = Path(__file__).resolve().parents[2] / "scripts" / "update_golden_costs.py"
+    spec = importlib.util.spec_from_file_location("update_golden_costs", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+UPDATE = _load_updater()
+GOLDEN: Path = UPDATE.GOLDEN
+REGENERATE = f"if the change is intended, regenerate and commit the file: {UPDATE.REGENERATE}"
 
 
 def meta_model(name: str, **kwargs: object) -> nn.Module:
@@ -197,48 +216,93 @@ def test_zoo_counts_on_meta_equal_real_counts(name: str) -> None:
 
 # --------------------------------------------------------------------------- golden file
 def _golden() -> dict:
-    return json.loads(GOLDEN.read_text())["configs"]
+    return UPDATE.load()["configs"]
 
 
-def test_golden_covers_every_preset_and_module_config() -> None:
-    from attnexp.experiments import available_presets, group_options
+def test_golden_file_lists_exactly_the_preset_jobs() -> None:
+    """Every job of every preset (and every attention/conv config on the two module
+    backbones) has an entry, and no entry is left over from a removed or renamed job."""
+    want = {UPDATE.key(job) for job in UPDATE.all_jobs()}
+    have = set(_golden())
+    problems = [f"missing: {k}" for k in sorted(want - have)]
+    problems += [f"stale:   {k}" for k in sorted(have - want)]
+    assert not problems, (
+        f"{GOLDEN.name} is out of date:\n" + "\n".join(problems) + f"\n{REGENERATE}"
+    )
 
-    configs = _golden()
-    covered = {k.split()[0].split("=", 1)[1] for k in configs if k.startswith("experiment=")}
-    missing = sorted(set(available_presets()) - covered)
-    for base in GOLDEN_BACKBONES.values():
-        for group in ("attention", "conv"):
-            for name in group_options(group):
-                key = " ".join([*base, f"{group}={name}"])
-                if key not in configs:
-                    missing.append(key)
-    assert not missing, (
-        f"not in {GOLDEN.name}; run python scripts/update_golden_costs.py: {missing}"
+
+def _compare_composed(jobs: list[list[str]]) -> list[str]:
+    """Compose every job as attnexp-train does; the spec and parameter count must be the
+    golden ones. Returns one line per changed field, naming the job."""
+    golden = _golden()
+    problems: list[str] = []
+    params: dict[str, int] = {}
+    with UPDATE.hydra_session() as compose:
+        for job in jobs:
+            name = UPDATE.key(job)
+            if name not in golden:
+                problems.append(f"{name}: no entry in {GOLDEN.name}")
+                continue
+            spec = UPDATE.backbone_spec(compose(job))
+            problems += [
+                f"{name}: {c}" for c in UPDATE.field_changes(golden[name]["spec"], spec, "spec")
+            ]
+            spec_key = json.dumps(spec, sort_keys=True)
+            if spec_key not in params:
+                params[spec_key] = UPDATE.spec_params(spec)
+            if params[spec_key] != golden[name]["params"]:
+                problems.append(
+                    f"{name}: params: {golden[name]['params']:,} -> {params[spec_key]:,}"
+                )
+    return problems
+
+
+def _module_groups() -> list[tuple[str, str]]:
+    return [(b, g) for b in UPDATE.MODULE_BACKBONES for g in ("attention", "conv")]
+
+
+@pytest.mark.parametrize("preset", available_presets())
+def test_preset_composes_to_its_golden_spec_and_params(preset: str) -> None:
+    """experiment=<preset>, every job of its sweep: backbone, classes, image size, modules,
+    placements, conv and the parameter count are those recorded in the golden file."""
+    problems = _compare_composed(UPDATE.preset_jobs(preset))
+    assert not problems, (
+        f"experiment={preset} no longer composes to what {GOLDEN.name} records "
+        "(golden -> composed):\n" + "\n".join(problems) + f"\n{REGENERATE}"
+    )
+
+
+@pytest.mark.parametrize(("backbone", "group"), _module_groups())
+def test_module_configs_compose_to_their_golden_spec_and_params(backbone: str, group: str) -> None:
+    """Every attention/ and conv/ config on resnet20 and resnet50: same spec and params."""
+    problems = _compare_composed(UPDATE.module_jobs(backbone, group))
+    assert not problems, (
+        f"{group} configs on {backbone} changed (golden -> composed):\n"
+        + "\n".join(problems)
+        + f"\n{REGENERATE}"
     )
 
 
 @pytest.mark.parametrize(
-    "key",
-    sorted(k for k in json.loads(GOLDEN.read_text())["configs"] if k.startswith("model=resnet20")),
+    "key", sorted(k for k in UPDATE.load()["configs"] if k.startswith("model=resnet20"))
 )
 def test_golden_costs_resnet20(key: str) -> None:
-    """Every attention/conv config on ResNet-20, rebuilt from its stored spec."""
+    """Every attention/conv config on ResNet-20, rebuilt from its stored spec: the counter
+    gives the recorded params, MACs and attention ops."""
     entry = _golden()[key]
-    costs = spec_costs(entry["spec"])
+    costs = UPDATE.spec_costs(entry["spec"])
     got = {"params": costs.params, "macs": costs.macs, "attention_ops": costs.attention_ops}
     want = {k: entry[k] for k in got}
-    assert got == want, f"{key}: costs changed; if intended run scripts/update_golden_costs.py"
+    assert got == want, f"{key}: costs changed (golden {want}, now {got}); {REGENERATE}"
 
 
-@pytest.mark.slow
-def test_golden_file_is_up_to_date() -> None:
-    """Compose every preset job again and compare specs and costs (minutes on a CPU)."""
-    path = Path(__file__).resolve().parents[2] / "scripts" / "update_golden_costs.py"
-    spec = importlib.util.spec_from_file_location("update_golden_costs", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    changes = module.diff(json.loads(GOLDEN.read_text()), module.collect(verbose=False))
+@pytest.mark.essential
+def test_golden_costs_recount() -> None:
+    """Compose every golden job again and recount params, MACs and attention ops (minutes
+    on a CPU: the essential CI stage)."""
+    changes = UPDATE.diff(UPDATE.load(), UPDATE.collect(verbose=False))
     assert not changes, (
-        "golden costs out of date (python scripts/update_golden_costs.py):\n"
-        + "\n".join(changes[:40])
+        f"{GOLDEN.name} is out of date (golden -> now):\n"
+        + "\n".join(changes[:60])
+        + f"\n{REGENERATE}"
     )
