@@ -1,28 +1,29 @@
 """The attention zoo. Importing this package registers every module family."""
 
-from attnexp.attention import identity  # noqa: F401  (registers "none")
+import importlib
+import pkgutil
+
 from attnexp.attention.base import AttentionModule, record_attention
+from attnexp.attention.identity import init_identity  # also registers "none"
 from attnexp.attention.registry import (
-    GATE_POSITIONS,
     ModuleSpec,
     available,
     build_attention,
     build_conv,
     check_options,
     get_spec,
+    on_register,
     register,
 )
 
-# Families register themselves on import; each file is one family (DESIGN.md section 3).
-for _family in ("channel", "spatial", "token", "hybrid", "branch"):
-    try:
-        __import__(f"attnexp.attention.{_family}")
-    except ModuleNotFoundError as _err:  # a family not written yet
-        if _err.name != f"attnexp.attention.{_family}":
-            raise
+# Every module file of the package is imported, and its @register classes register
+# themselves: a new module inside the package is one new file, nothing else to edit.
+# (Files whose name starts with "_" are skipped.)
+for _info in pkgutil.iter_modules(__path__):
+    if not _info.name.startswith("_"):
+        importlib.import_module(f"{__name__}.{_info.name}")
 
 __all__ = [
-    "GATE_POSITIONS",
     "AttentionModule",
     "ModuleSpec",
     "available",
@@ -30,6 +31,8 @@ __all__ = [
     "build_conv",
     "check_options",
     "get_spec",
+    "init_identity",
+    "on_register",
     "record_attention",
     "register",
 ]

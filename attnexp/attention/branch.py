@@ -21,7 +21,10 @@ Modules:
 * ``splat``        – Split Attention, Zhang et al. 2020 (ResNeSt);
 * ``psa``          – Pyramid Split Attention, Zhang et al. 2021 (EPSANet);
 * ``condconv``     – Conditionally parameterised convolution, Yang et al. 2019;
-* ``dynamic_conv`` – Dynamic convolution, Chen et al. 2020 (with :func:`anneal_temperature`).
+* ``dynamic_conv`` – Dynamic convolution, Chen et al. 2020 (tau annealed per epoch).
+
+Identity start does not apply: these modules replace a convolution, so
+:func:`attnexp.attention.init_identity` refuses them with a ConfigError.
 """
 
 from __future__ import annotations
@@ -34,8 +37,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from attnexp.attention.base import AttentionModule
+from attnexp.attention.options import (
+    SafeBatchNorm2d,
+    check_groups,
+    check_int,
+    check_int_list,
+    check_number,
+    check_odd,
+)
 from attnexp.attention.registry import register
-from attnexp.errors import ConfigError, check
+from attnexp.errors import check
 
 __all__ = [
     "CondConv",
@@ -49,65 +60,6 @@ __all__ = [
 
 
 # --------------------------------------------------------------------------- helpers
-def _divisors(n: int) -> list[int]:
-    return [d for d in range(1, n + 1) if n % d == 0]
-
-
-def _check_positive_int(module: str, option: str, value: object) -> int:
-    check(
-        isinstance(value, int) and not isinstance(value, bool) and value >= 1,
-        f"{module}: {option} must be a positive int, got {value!r}",
-    )
-    return int(value)  # type: ignore[arg-type]
-
-
-def _check_odd_kernel(module: str, option: str, k: object) -> int:
-    k = _check_positive_int(module, option, k)
-    check(
-        k % 2 == 1,
-        f"{module}: {option}={k} is even; only odd kernel sizes keep the output size of a "
-        f"padded 3x3 conv (valid: 1, 3, 5, 7, ...)",
-    )
-    return k
-
-
-def _check_groups(module: str, option: str, groups: int, *channels: tuple[str, int]) -> int:
-    """``groups`` must divide every channel count; the error names the valid divisors."""
-    groups = _check_positive_int(module, option, groups)
-    if all(c % groups == 0 for _, c in channels):
-        return groups
-    common = math.gcd(*(c for _, c in channels))
-    counts = " and ".join(f"{n}={c}" for n, c in channels)
-    raise ConfigError(
-        f"{module}: {option}={groups} does not divide {counts}; "
-        f"valid {option}: {', '.join(map(str, _divisors(common)))}"
-    )
-
-
-def _as_int_tuple(module: str, option: str, values: object) -> tuple[int, ...]:
-    if isinstance(values, int) and not isinstance(values, bool):
-        values = (values,)
-    check(
-        isinstance(values, Sequence) and not isinstance(values, str) and len(values) > 0,
-        f"{module}: {option} must be a non-empty list of ints, got {values!r}",
-    )
-    return tuple(values)  # type: ignore[arg-type]
-
-
-def _pooled_bn(bn: nn.BatchNorm2d, z: torch.Tensor) -> torch.Tensor:
-    """BN of pooled (B, C, 1, 1) features that also works for a training batch of one.
-
-    BatchNorm cannot compute batch statistics from a single value per channel (a last batch
-    of size 1 with ``drop_last=False``); that case normalises with the running statistics
-    and leaves them unchanged. Every other case is the ordinary ``bn(z)``.
-    """
-    if bn.training and z.shape[0] == 1:
-        return F.batch_norm(
-            z, bn.running_mean, bn.running_var, bn.weight, bn.bias, False, 0.0, bn.eps
-        )
-    return bn(z)
-
-
 def _per_example_conv(
     x: torch.Tensor, kernels: torch.Tensor, bias: torch.Tensor | None, stride: int, padding: int
 ) -> torch.Tensor:
@@ -156,6 +108,7 @@ class PlainConv(AttentionModule):
     output size of a padded 3x3 conv."""
 
     includes_norm_act: bool = False
+    exposes_maps = False
 
     def __init__(
         self,
@@ -170,9 +123,9 @@ class PlainConv(AttentionModule):
     ) -> None:
         super().__init__()
         name = "conv3x3"
-        kernel_size = _check_odd_kernel(name, "kernel_size", kernel_size)
-        dilation = _check_positive_int(name, "dilation", dilation)
-        groups = _check_groups(
+        kernel_size = check_odd(name, "kernel_size", kernel_size)
+        dilation = check_int(name, "dilation", dilation)
+        groups = check_groups(
             name, "groups", groups, ("in_channels", in_channels), ("out_channels", out_channels)
         )
         self.conv = nn.Conv2d(
@@ -208,7 +161,7 @@ class SelectiveKernelConv(AttentionModule):
 
     ``groups`` is capped at gcd(in_channels, out_channels) so the paper's G=32 still works on
     narrow layers (C=16 becomes depthwise, 16 groups); an uncapped value must divide both
-    channel counts. The fuse BN handles a training batch of one (see ``_pooled_bn``).
+    channel counts. The fuse BN handles a training batch of one (``SafeBatchNorm2d``).
     """
 
     includes_norm_act: bool = True
@@ -229,18 +182,18 @@ class SelectiveKernelConv(AttentionModule):
         super().__init__()
         name = "sk"
         kernels = tuple(
-            _check_odd_kernel(name, "kernels", k) for k in _as_int_tuple(name, "kernels", kernels)
+            check_odd(name, "kernels", k) for k in check_int_list(name, "kernels", kernels)
         )
-        groups = _check_positive_int(name, "groups", groups)
-        groups = _check_groups(
+        groups = check_int(name, "groups", groups)
+        groups = check_groups(
             name,
             "groups",
             min(groups, math.gcd(in_channels, out_channels)),
             ("in_channels", in_channels),
             ("out_channels", out_channels),
         )
-        reduction = _check_positive_int(name, "reduction", reduction)
-        min_dim = _check_positive_int(name, "min_dim", min_dim)
+        reduction = check_int(name, "reduction", reduction)
+        min_dim = check_int(name, "min_dim", min_dim)
         self.kernels = kernels
         self.groups = groups
         self.attention = bool(attention)
@@ -269,7 +222,7 @@ class SelectiveKernelConv(AttentionModule):
         self.dim = max(out_channels // reduction, min_dim)
         if self.attention:
             self.fuse = nn.Conv2d(out_channels, self.dim, 1, bias=False)
-            self.fuse_bn = nn.BatchNorm2d(self.dim)
+            self.fuse_bn = SafeBatchNorm2d(self.dim)
             # One matrix per branch (A, B, ... in eq. 5), stacked into a single 1x1 conv.
             self.select = nn.Conv2d(self.dim, len(kernels) * out_channels, 1, bias=False)
 
@@ -282,7 +235,7 @@ class SelectiveKernelConv(AttentionModule):
         feats = torch.stack([branch(x) for branch in self.branches], dim=1)  # (B, K, C, H, W)
         b, k, c = feats.shape[:3]
         s = feats.sum(1).mean((2, 3), keepdim=True)
-        z = F.relu(_pooled_bn(self.fuse_bn, self.fuse(s)))
+        z = F.relu(self.fuse_bn(self.fuse(s)))
         a = self.select(z).view(b, k, c).softmax(dim=1)  # across branches, not channels
         self.expose("branch", a)
         return (feats * a.to(feats.dtype)[..., None, None]).sum(1)
@@ -321,11 +274,11 @@ class SplitAttentionConv(AttentionModule):
     ) -> None:
         super().__init__()
         name = "splat"
-        radix = _check_positive_int(name, "radix", radix)
-        cardinality = _check_positive_int(name, "cardinality", cardinality)
-        reduction = _check_positive_int(name, "reduction", reduction)
-        min_inter_channels = _check_positive_int(name, "min_inter_channels", min_inter_channels)
-        _check_groups(name, "cardinality", cardinality, ("out_channels", out_channels))
+        radix = check_int(name, "radix", radix)
+        cardinality = check_int(name, "cardinality", cardinality)
+        reduction = check_int(name, "reduction", reduction)
+        min_inter_channels = check_int(name, "min_inter_channels", min_inter_channels)
+        check_groups(name, "cardinality", cardinality, ("out_channels", out_channels))
         check(
             in_channels % (cardinality * radix) == 0,
             f"{name}: in_channels={in_channels} must be divisible by cardinality * radix = "
@@ -348,7 +301,7 @@ class SplitAttentionConv(AttentionModule):
         )
         self.bn0 = nn.BatchNorm2d(out_channels * radix)
         self.fc1 = nn.Conv2d(out_channels, inter, 1, groups=cardinality)
-        self.bn1 = nn.BatchNorm2d(inter)
+        self.bn1 = SafeBatchNorm2d(inter)
         self.fc2 = nn.Conv2d(inter, out_channels * radix, 1, groups=cardinality)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -356,7 +309,7 @@ class SplitAttentionConv(AttentionModule):
         b, c, r = y.shape[0], self.out_channels, self.radix
         splits = y.unflatten(1, (r, c))  # (B, R, C, H, W)
         gap = splits.sum(1).mean((2, 3), keepdim=True)
-        logits = self.fc2(F.relu(_pooled_bn(self.bn1, self.fc1(gap))))
+        logits = self.fc2(F.relu(self.bn1(self.fc1(gap))))
         if r > 1:
             # fc2's outputs are ordered (cardinal group, radix, channel in group).
             g = self.cardinality
@@ -398,17 +351,15 @@ class PyramidSplitAttention(AttentionModule):
         super().__init__()
         name = "psa"
         kernels = tuple(
-            _check_odd_kernel(name, "kernels", k) for k in _as_int_tuple(name, "kernels", kernels)
+            check_odd(name, "kernels", k) for k in check_int_list(name, "kernels", kernels)
         )
-        groups = tuple(
-            _check_positive_int(name, "groups", g) for g in _as_int_tuple(name, "groups", groups)
-        )
+        groups = tuple(check_int(name, "groups", g) for g in check_int_list(name, "groups", groups))
         check(
             len(groups) == len(kernels),
             f"{name}: groups has {len(groups)} entries but kernels has {len(kernels)}; give "
             f"one group count per kernel",
         )
-        reduction = _check_positive_int(name, "reduction", reduction)
+        reduction = check_int(name, "reduction", reduction)
         s = len(kernels)
         check(
             out_channels % s == 0,
@@ -460,11 +411,9 @@ class CondConv(AttentionModule):
     ) -> None:
         super().__init__()
         name = "condconv"
-        experts = _check_positive_int(name, "experts", experts)
-        check(
-            isinstance(dropout_rate, (int, float)) and 0.0 <= dropout_rate < 1.0,
-            f"{name}: dropout_rate must be in [0, 1), got {dropout_rate!r}",
-        )
+        experts = check_int(name, "experts", experts)
+        check_number(name, "dropout_rate", dropout_rate, 0.0, 1.0, low_inclusive=True,
+                     high_inclusive=False)  # fmt: skip
         self.stride = stride
         self.experts = experts
         self.weight = _expert_bank(experts, out_channels, in_channels)
@@ -488,11 +437,13 @@ class DynamicConv(AttentionModule):
 
     K kernels aggregated per example, W~ = sum_k pi_k W_k with pi = softmax(z / tau),
     z = FC(ReLU(FC(GAP(x)))) with hidden width in_channels // reduction (at least 1)
-    (section 3.2, eq. 3). The temperature tau starts at 30 and is annealed to 1 over the
-    first 10 epochs in the paper: call :meth:`set_temperature` or :func:`anneal_temperature`.
-    tau is a buffer, so a checkpoint restores the annealed value. ``bias=True`` adds the
-    aggregated bias b~ = sum_k pi_k b_k of eq. 1; off by default because BN follows the conv.
-    Exposed as ``branch`` (B, K), summing to 1.
+    (section 3.2, eq. 3). The temperature tau starts at ``temperature`` (paper: 30) and is
+    annealed linearly to ``final_temperature`` (paper: 1) over the first ``anneal_epochs``
+    epochs (paper: 10; 0 keeps tau constant) by :meth:`on_train_epoch_start`, the per-epoch
+    hook the trainer calls on every module that has one. tau is a buffer, so a checkpoint
+    restores the annealed value. ``bias=True`` adds the aggregated bias b~ = sum_k pi_k b_k
+    of eq. 1; off by default because BN follows the conv. Exposed as ``branch`` (B, K),
+    summing to 1. The softmax runs in at least float32 (float64 stays float64).
     """
 
     includes_norm_act: bool = False
@@ -507,16 +458,17 @@ class DynamicConv(AttentionModule):
         kernels: int = 4,
         reduction: int = 4,
         temperature: float = 30.0,
+        final_temperature: float = 1.0,
+        anneal_epochs: int = 10,
         bias: bool = False,
     ) -> None:
         super().__init__()
         name = "dynamic_conv"
-        kernels = _check_positive_int(name, "kernels", kernels)
-        reduction = _check_positive_int(name, "reduction", reduction)
-        check(
-            isinstance(temperature, (int, float)) and temperature > 0,
-            f"{name}: temperature must be a positive number, got {temperature!r}",
-        )
+        kernels = check_int(name, "kernels", kernels)
+        reduction = check_int(name, "reduction", reduction)
+        self.initial_temperature = check_number(name, "temperature", temperature, 0)
+        self.final_temperature = check_number(name, "final_temperature", final_temperature, 0)
+        self.anneal_epochs = check_int(name, "anneal_epochs", anneal_epochs, low=0)
         self.stride = stride
         self.kernels = kernels
         self.weight = _expert_bank(kernels, out_channels, in_channels)
@@ -531,9 +483,18 @@ class DynamicConv(AttentionModule):
         check(t > 0, f"dynamic_conv: temperature must be positive, got {t!r}")
         self.temperature.fill_(float(t))
 
+    def on_train_epoch_start(self, epoch: int, max_epochs: int | None) -> dict[str, float]:
+        """Per-epoch hook: set tau for ``epoch`` (the anneal schedule); returns it to log."""
+        t = linear_anneal(
+            epoch, self.initial_temperature, self.final_temperature, self.anneal_epochs
+        )
+        self.set_temperature(t)
+        return {"dyconv_temperature": t}
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         z = self.fc2(F.relu(self.fc1(x.mean((2, 3)))))
-        pi = (z.float() / self.temperature).softmax(dim=1).to(z.dtype)  # (B, K)
+        logits = z.to(torch.promote_types(z.dtype, torch.float32)) / self.temperature
+        pi = logits.softmax(dim=1).to(z.dtype)  # (B, K)
         self.expose("branch", pi)
         kernels = _aggregate(pi, self.weight, self.kernels)
         bias = None if self.bias is None else pi @ self.bias.to(pi.dtype)
@@ -544,6 +505,13 @@ class DynamicConv(AttentionModule):
         return self.weight.reshape(self.kernels, -1, *self.weight.shape[1:])
 
 
+def linear_anneal(epoch: int, start: float, end: float, epochs: int) -> float:
+    """``start`` at epoch 0, linearly to ``end`` at epoch ``epochs``, then ``end``."""
+    check(epochs >= 0, f"anneal: epochs must be >= 0, got {epochs!r}")
+    frac = 1.0 if epochs == 0 else min(max(epoch, 0), epochs) / epochs
+    return start + (end - start) * frac
+
+
 def anneal_temperature(
     model: nn.Module, epoch: int, start: float = 30.0, end: float = 1.0, epochs: int = 10
 ) -> float:
@@ -551,11 +519,10 @@ def anneal_temperature(
 
     Linear from ``start`` at epoch 0 to ``end`` at epoch ``epochs``, then constant (Chen et
     al. 2020, section 4: 30 -> 1 over the first 10 epochs). Returns the temperature set.
-    Meant to be called from a Lightning callback's ``on_train_epoch_start``.
+    Training does this through each module's own :meth:`DynamicConv.on_train_epoch_start`;
+    this is for scripts that drive a model by hand.
     """
-    check(epochs >= 0, f"anneal_temperature: epochs must be >= 0, got {epochs!r}")
-    frac = 1.0 if epochs == 0 else min(max(epoch, 0), epochs) / epochs
-    t = start + (end - start) * frac
+    t = linear_anneal(epoch, start, end, epochs)
     for m in model.modules():
         if isinstance(m, DynamicConv):
             m.set_temperature(t)

@@ -6,16 +6,16 @@ is a knob that the paper ablates, with the paper's default; where the paper and 
 official code disagree the docstring says which one is followed.
 
 Pooling uses ``x.mean((2, 3))`` / ``x.amax((2, 3))`` rather than adaptive pooling: it works
-for any H != W and its CUDA backward is deterministic (PITFALLS.md).
+for any H != W and its CUDA backward is deterministic (adaptive pooling's is not).
 
-The small helpers at the top (option checks, :class:`SafeBatchNorm1d`/``2d``) are shared
-with :mod:`attnexp.attention.hybrid`.
+Identity start (:func:`attnexp.attention.init_identity`): every module here is a
+multiplicative gate ``x * g`` whose gate is not exactly 1 for every input, so all use the
+exact learnable blend of :meth:`~attnexp.attention.base.AttentionModule.reset_to_identity`.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from typing import Literal
 
 import torch
@@ -23,6 +23,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from attnexp.attention.base import AttentionModule
+from attnexp.attention.options import (
+    SafeBatchNorm1d,
+    SafeBatchNorm2d,
+    check_choice,
+    check_int,
+    check_odd,
+    reduced,
+)
 from attnexp.attention.registry import register
 from attnexp.errors import check
 
@@ -31,96 +39,9 @@ __all__ = [
     "GSoP",
     "GatherExcite",
     "SRM",
-    "SafeBatchNorm1d",
-    "SafeBatchNorm2d",
     "SqueezeExcitation",
     "eca_kernel_size",
 ]
-
-
-# --------------------------------------------------------------------------------------
-# Shared helpers
-# --------------------------------------------------------------------------------------
-def check_choice(module: str, option: str, value: object, valid: Sequence[str]) -> str:
-    """Return ``value`` if it is one of ``valid``; else a ConfigError naming option and choices."""
-    check(
-        isinstance(value, str) and value in valid,
-        f"{module}: invalid value {value!r} for option {option!r}; "
-        f"valid choices: {', '.join(valid)}",
-    )
-    return value  # type: ignore[return-value]
-
-
-def check_int(module: str, option: str, value: object, low: int = 1) -> int:
-    """Return ``value`` if it is an int >= ``low`` (bools rejected); else a ConfigError."""
-    check(
-        isinstance(value, int) and not isinstance(value, bool) and value >= low,
-        f"{module}: option {option!r} must be an integer >= {low}, got {value!r}",
-    )
-    return value  # type: ignore[return-value]
-
-
-def check_odd(module: str, option: str, value: object) -> int:
-    """Return ``value`` if it is a positive odd int: an even kernel with padding (k-1)//2
-    shifts the output by one position (PITFALLS.md), so it is refused, not padded."""
-    check(
-        isinstance(value, int) and not isinstance(value, bool) and value >= 1 and value % 2 == 1,
-        f"{module}: option {option!r} must be a positive odd integer (1, 3, 5, 7, ...), "
-        f"got {value!r}",
-    )
-    return value  # type: ignore[return-value]
-
-
-def check_flag(module: str, option: str, value: object) -> bool:
-    """Return ``value`` if it is a bool; else a ConfigError."""
-    check(
-        isinstance(value, bool),
-        f"{module}: option {option!r} must be true or false, got {value!r}",
-    )
-    return value  # type: ignore[return-value]
-
-
-def reduced(channels: int, reduction: int) -> int:
-    """Hidden width of a bottleneck MLP: ``C // r``, at least 1, never rounded to 8.
-
-    The papers (SE, CBAM, BAM) use ``C / r``; rounding to a multiple of 8, as some
-    libraries do, changes the parameter counts away from the published ones.
-    """
-    return max(channels // reduction, 1)
-
-
-class _SingleValueSafe:
-    """BatchNorm that survives a single value per channel in training mode.
-
-    PyTorch's BatchNorm raises "Expected more than 1 value per channel when training" for
-    a batch of one pooled vector (B=1, or B=1 with a 1x1 map). Batch statistics of one
-    value are meaningless anyway, so in that case the layer normalises with its running
-    statistics and leaves them untouched (as in eval mode); every other input is the
-    ordinary BatchNorm. The parameters and buffers are those of ``nn.BatchNorm*d``, so
-    state dicts are interchangeable.
-    """
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.training and x.numel() <= x.shape[1]:  # type: ignore[attr-defined]
-            return F.batch_norm(
-                x,
-                self.running_mean,  # type: ignore[attr-defined]
-                self.running_var,  # type: ignore[attr-defined]
-                self.weight,  # type: ignore[attr-defined]
-                self.bias,  # type: ignore[attr-defined]
-                False,
-                0.0,
-                self.eps,  # type: ignore[attr-defined]
-            )
-        return super().forward(x)  # type: ignore[misc]
-
-
-class SafeBatchNorm1d(_SingleValueSafe, nn.BatchNorm1d):
-    """``nn.BatchNorm1d`` that falls back to running statistics for one value per channel."""
-
-
-class SafeBatchNorm2d(_SingleValueSafe, nn.BatchNorm2d):
-    """``nn.BatchNorm2d`` that falls back to running statistics for one value per channel."""
 
 
 def _spatial_std(x: torch.Tensor, unbiased: bool) -> torch.Tensor:
@@ -209,7 +130,7 @@ class ECA(AttentionModule):
 
     Which C feeds the adaptive rule is the channel count at the placement position (the
     block's output width for ``after_conv3``). The released ResNet-50 checkpoint instead
-    uses k = 3, 5, 5, 7 for stages 1-4 (PITFALLS.md); express that with the placement's
+    uses k = 3, 5, 5, 7 for stages 1-4; express that with the placement's
     ``stage_options: {kernel_size: [3, 5, 5, 7]}``.
 
     Args:

@@ -1,9 +1,11 @@
 """Spatial / position attention family: non-local, GC, criss-cross (CCNet), DANet.
 
 These modules relate positions to each other (or pool positions into a context), and all
-four carry their own residual in their papers, so ``has_residual`` is True and the registry
-says so. Each constructor option is a knob of the paper with the paper's default; where the
-paper and the official code disagree, the docstring says which one is followed.
+four carry their own residual in their papers, so ``has_residual`` is True. That additive
+form is also how they start as the identity (:func:`attnexp.attention.init_identity`): the
+branch's last layer or scale is zeroed. Each constructor option is a knob of the paper with
+the paper's default; where the paper and the official code disagree, the docstring says
+which one is followed.
 
 Exposed maps (see :mod:`attnexp.attention.base`): ``position`` is the attention a position
 *receives*, averaged over all queries, shape (B, 1, H, W) – it sums to 1 over positions. It
@@ -17,29 +19,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from attnexp.attention.base import AttentionModule
+from attnexp.attention.options import check_choice, check_flag, check_int, check_number
 from attnexp.attention.registry import register
-from attnexp.errors import ConfigError, check, choices_error
+from attnexp.errors import ConfigError, check
 
 __all__ = ["CrissCrossAttention", "DualAttention", "GlobalContextBlock", "NonLocalBlock"]
-
-
-def _choice(option: str, value: str, valid: tuple[str, ...]) -> str:
-    if value not in valid:
-        raise choices_error(f"value for option {option!r}:", value, valid)
-    return value
-
-
-def _positive_int(option: str, value: object) -> int:
-    check(
-        isinstance(value, int) and not isinstance(value, bool) and value >= 1,
-        f"option {option!r} must be an integer >= 1, got {value!r}",
-    )
-    return value  # type: ignore[return-value]
-
-
-def _flag(option: str, value: object) -> bool:
-    check(isinstance(value, bool), f"option {option!r} must be true or false, got {value!r}")
-    return value  # type: ignore[return-value]
 
 
 def _received(attn: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
@@ -57,7 +41,6 @@ _PAIRWISE = ("gaussian", "embedded_gaussian", "dot_product", "concatenation")
     "nonlocal",
     kind="gate",
     paper="Wang et al. 2018, Non-local Neural Networks",
-    residual=True,
     default_position="after_add",
     memory="quadratic",
 )
@@ -85,9 +68,13 @@ class NonLocalBlock(AttentionModule):
     dead parameters. Weights are initialised N(0, 0.01) (official code).
     Memory is O((HW)^2) (O(HW^2/4) with ``subsample``). The BN follows PyTorch's rule: a
     batch of one 1x1 map cannot be normalised in training.
+
+    Identity start: the BN after W_z gets weight 0 and bias 0, so the branch adds exactly 0
+    (the BN's weight receives the gradient from the first step).
     """
 
     has_residual = True
+    identity_start = "W_z's BN weight, bias = 0"
 
     def __init__(
         self,
@@ -99,16 +86,16 @@ class NonLocalBlock(AttentionModule):
         scale: bool = False,
     ) -> None:
         super().__init__()
-        self.pairwise = _choice("pairwise", pairwise, _PAIRWISE)
+        self.pairwise = check_choice("nonlocal", "pairwise", pairwise, _PAIRWISE)
         if inter_channels is None:
             inter_channels = max(channels // 2, 1)
-        self.inter_channels = _positive_int("inter_channels", inter_channels)
-        self.subsample = _flag("subsample", subsample)
-        self.zero_init = _flag("zero_init", zero_init)
-        self.scale = _flag("scale", scale)
+        self.inter_channels = check_int("nonlocal", "inter_channels", inter_channels)
+        self.subsample = check_flag("nonlocal", "subsample", subsample)
+        self.zero_init = check_flag("nonlocal", "zero_init", zero_init)
+        self.scale = check_flag("nonlocal", "scale", scale)
         check(
             not (self.scale and self.pairwise in ("dot_product", "concatenation")),
-            f"option 'scale' only applies to the softmax pairwise functions (gaussian, "
+            f"nonlocal: option 'scale' only applies to the softmax pairwise functions (gaussian, "
             f"embedded_gaussian), not pairwise={self.pairwise!r}",
         )
         ci = self.inter_channels
@@ -126,6 +113,11 @@ class NonLocalBlock(AttentionModule):
             nn.init.normal_(conv.weight, std=0.01)
         if self.zero_init:
             nn.init.zeros_(self.bn.weight)
+
+    def reset_to_identity(self) -> None:
+        with torch.no_grad():
+            self.bn.weight.zero_()
+            self.bn.bias.zero_()
 
     def _pool(self, t: torch.Tensor) -> torch.Tensor:
         return F.max_pool2d(t, 2) if self.subsample else t
@@ -169,7 +161,6 @@ class NonLocalBlock(AttentionModule):
     "gc",
     kind="gate",
     paper="Cao et al. 2019, GCNet: Non-local Networks Meet Squeeze-Excitation Networks and Beyond",
-    residual=True,
     memory="linear",
 )
 class GlobalContextBlock(AttentionModule):
@@ -194,9 +185,15 @@ class GlobalContextBlock(AttentionModule):
     value outputs its bias, so the transform no longer depends on the context (the default
     ratio 1/16 hits this at C = 16 and 24). This is the paper's module taken literally; use a
     larger ``ratio`` for narrow stages.
+
+    Identity start: with ``fusion='add'`` the last conv of the transform gets weight 0 and
+    bias 0 (the branch adds exactly 0; that conv receives the gradient). With
+    ``fusion='scale'`` the gate x * sigmoid(.) is not exactly 1, so the exact blend of
+    :meth:`~attnexp.attention.base.AttentionModule.reset_to_identity` is used.
     """
 
     has_residual = True
+    identity_start = "last conv = 0 (add); blend (scale)"
 
     def __init__(
         self,
@@ -207,13 +204,10 @@ class GlobalContextBlock(AttentionModule):
         zero_init_last: bool = True,
     ) -> None:
         super().__init__()
-        check(
-            isinstance(ratio, (int, float)) and not isinstance(ratio, bool) and 0 < ratio <= 1,
-            f"option 'ratio' must be a number in (0, 1], got {ratio!r}",
-        )
-        self.pooling = _choice("pooling", pooling, ("att", "avg"))
-        self.fusion = _choice("fusion", fusion, ("add", "scale"))
-        self.zero_init_last = _flag("zero_init_last", zero_init_last)
+        check_number("gc", "ratio", ratio, 0, 1)
+        self.pooling = check_choice("gc", "pooling", pooling, ("att", "avg"))
+        self.fusion = check_choice("gc", "fusion", fusion, ("add", "scale"))
+        self.zero_init_last = check_flag("gc", "zero_init_last", zero_init_last)
         self.has_residual = self.fusion == "add"
         self.hidden = max(int(channels * ratio), 1)
         if self.pooling == "att":
@@ -228,6 +222,14 @@ class GlobalContextBlock(AttentionModule):
         if self.zero_init_last:
             nn.init.zeros_(self.transform[-1].weight)
             nn.init.zeros_(self.transform[-1].bias)
+
+    def reset_to_identity(self) -> None:
+        if self.fusion != "add":
+            super().reset_to_identity()
+            return
+        with torch.no_grad():
+            self.transform[-1].weight.zero_()
+            self.transform[-1].bias.zero_()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, h, w = x.shape
@@ -255,7 +257,6 @@ class GlobalContextBlock(AttentionModule):
     "criss_cross",
     kind="gate",
     paper="Huang et al. 2019, CCNet: Criss-Cross Attention for Semantic Segmentation",
-    residual=True,
     default_position="after_add",
     memory="linear",
 )
@@ -272,19 +273,27 @@ class CrissCrossAttention(AttentionModule):
     position reach every other. The segmentation head's convs around RCCA are not included.
     K has no bias: the official one adds q_u . b to every energy of u's softmax, which
     cancels. Memory per image: O(HW (H + W)).
+
+    Identity start: gamma = 0, so every pass returns its input exactly (gamma receives
+    the gradient).
     """
 
     has_residual = True
+    identity_start = "gamma = 0"
 
     def __init__(self, channels: int, recurrence: int = 2, reduction: int = 8) -> None:
         super().__init__()
-        self.recurrence = _positive_int("recurrence", recurrence)
-        self.reduction = _positive_int("reduction", reduction)
+        self.recurrence = check_int("criss_cross", "recurrence", recurrence)
+        self.reduction = check_int("criss_cross", "reduction", reduction)
         qk = max(channels // self.reduction, 1)
         self.query = nn.Conv2d(channels, qk, 1)
         self.key = nn.Conv2d(channels, qk, 1, bias=False)
         self.value = nn.Conv2d(channels, channels, 1)
         self.gamma = nn.Parameter(torch.zeros(1))
+
+    def reset_to_identity(self) -> None:
+        with torch.no_grad():
+            self.gamma.zero_()
 
     def _attend(self, x: torch.Tensor) -> torch.Tensor:
         h, w = x.shape[2], x.shape[3]
@@ -318,7 +327,6 @@ class CrissCrossAttention(AttentionModule):
     "danet",
     kind="gate",
     paper="Fu et al. 2019, Dual Attention Network for Scene Segmentation",
-    residual=True,
     default_position="after_add",
     memory="quadratic",
 )
@@ -339,9 +347,14 @@ class DualAttention(AttentionModule):
     function family, alpha and beta rescaled). The segmentation head's 3x3 convs before and
     after each branch are not part of the gate. K has no bias (the official one is cancelled
     by the softmax over keys). Memory: O((HW)^2) for PAM, O(C^2) for CAM.
+
+    Identity start: alpha = beta = 0, which is the identity with one branch or with
+    ``merge='mean'``. With both branches and ``merge='sum'`` that is 2x, so there the exact
+    blend of :meth:`~attnexp.attention.base.AttentionModule.reset_to_identity` is used.
     """
 
     has_residual = True
+    identity_start = "alpha = beta = 0 (mean, one branch); blend (sum)"
 
     def __init__(
         self,
@@ -353,16 +366,16 @@ class DualAttention(AttentionModule):
         cam_energy: str = "max_minus",
     ) -> None:
         super().__init__()
-        self.use_position = _flag("use_position", use_position)
-        self.use_channel = _flag("use_channel", use_channel)
+        self.use_position = check_flag("danet", "use_position", use_position)
+        self.use_channel = check_flag("danet", "use_channel", use_channel)
         check(
             self.use_position or self.use_channel,
             "danet needs at least one branch: options 'use_position' and 'use_channel' "
             "cannot both be false",
         )
-        self.reduction = _positive_int("reduction", reduction)
-        self.merge = _choice("merge", merge, ("sum", "mean"))
-        self.cam_energy = _choice("cam_energy", cam_energy, ("max_minus", "plain"))
+        self.reduction = check_int("danet", "reduction", reduction)
+        self.merge = check_choice("danet", "merge", merge, ("sum", "mean"))
+        self.cam_energy = check_choice("danet", "cam_energy", cam_energy, ("max_minus", "plain"))
         if self.use_position:
             qk = max(channels // self.reduction, 1)
             self.query = nn.Conv2d(channels, qk, 1)
@@ -371,6 +384,15 @@ class DualAttention(AttentionModule):
             self.alpha = nn.Parameter(torch.zeros(1))
         if self.use_channel:
             self.beta = nn.Parameter(torch.zeros(1))
+
+    def reset_to_identity(self) -> None:
+        if self.use_position and self.use_channel and self.merge == "sum":
+            super().reset_to_identity()
+            return
+        with torch.no_grad():
+            for name in ("alpha", "beta"):
+                if hasattr(self, name):
+                    getattr(self, name).zero_()
 
     def _position(self, x: torch.Tensor) -> torch.Tensor:
         b, c, h, w = x.shape

@@ -1,7 +1,9 @@
 """The contract every conv-kind module keeps: it can stand in for a padded 3x3 conv.
 
-Parametrised over ``available("conv")``, so a newly registered conv module is covered
-without editing this file.
+Parametrised over ``available("conv")`` x the conv checks of
+:mod:`attnexp.attention.contract`, so a newly registered conv module is covered without
+editing this file. Paper-specific properties (which modules normalise their branch weights
+with a softmax, which include BN + ReLU) are checked here by name.
 """
 
 from __future__ import annotations
@@ -10,17 +12,16 @@ from collections.abc import Iterator
 
 import pytest
 import torch
-from torch import nn
 
 from attnexp.attention import available, build_conv, get_spec, record_attention
-from attnexp.errors import ConfigError
+from attnexp.attention.contract import checks_for, run_check
 
 CONV_MODULES = available("conv")
+CONV_CHECKS = [c.name for c in checks_for("sk")]
+CASES = [(name, check) for name in CONV_MODULES for check in CONV_CHECKS]
 #: Modules whose paper normalises the branch weights with a softmax over branches/experts
 #: (splat only with radix > 1, its default).
 SOFTMAX_OVER_BRANCHES = {"sk", "splat", "psa", "dynamic_conv"}
-SIZES = [(8, 8), (7, 9)]
-CHANNELS = [(32, 32), (32, 64), (64, 64)]
 
 
 @pytest.fixture(autouse=True)
@@ -37,77 +38,38 @@ def test_registry_has_the_branch_family() -> None:
     assert {"conv3x3", "condconv"} | SOFTMAX_OVER_BRANCHES <= set(CONV_MODULES)
 
 
-@pytest.mark.parametrize("stride", [1, 2])
-@pytest.mark.parametrize("name", CONV_MODULES)
-def test_output_size_matches_padded_3x3_conv(name: str, stride: int) -> None:
-    for c_in, c_out in CHANNELS:
-        module = build_conv(name, c_in, c_out, stride).eval()
-        reference = nn.Conv2d(c_in, c_out, 3, stride, padding=1)
-        for h, w in SIZES:
-            x = torch.randn(2, c_in, h, w)
-            with torch.no_grad():
-                assert module(x).shape == reference(x).shape, (name, c_in, c_out, h, w)
+def test_the_conv_checks_cover_the_contract() -> None:
+    expected = {
+        "is_a_zoo_module",
+        "output_size_matches_a_padded_3x3_conv",
+        "conv_gradients_reach_every_parameter",
+        "conv_channels_last_gives_the_same_output",
+        "conv_bf16_autocast_is_finite",
+        "branch_weights_are_exposed_while_recording",
+        "unknown_option_lists_the_valid_ones",
+        "every_option_has_a_default",
+        "declares_whether_it_includes_norm_act",
+        "uses_only_deterministic_cuda_ops",
+        "refuses_an_identity_start",
+    }
+    assert expected <= set(CONV_CHECKS)
 
 
-@pytest.mark.parametrize("name", CONV_MODULES)
-def test_gradients_reach_every_parameter(name: str) -> None:
-    module = build_conv(name, 32, 64, 2).train()
-    out = module(torch.randn(4, 32, 7, 9))
-    (out * torch.randn_like(out)).sum().backward()
-    for pname, p in module.named_parameters():
-        assert p.grad is not None, f"{name}.{pname} gets no gradient"
-        assert torch.isfinite(p.grad).all(), f"{name}.{pname} has a non-finite gradient"
+@pytest.mark.parametrize(("name", "check"), CASES)
+def test_conv_contract(name: str, check: str) -> None:
+    run_check(name, check)
 
 
-@pytest.mark.parametrize("name", CONV_MODULES)
-def test_channels_last_gives_the_same_output(name: str) -> None:
-    module = build_conv(name, 32, 64, 1).eval()
-    x = torch.randn(2, 32, 7, 9)
-    with torch.no_grad():
-        expected = module(x)
-        module = module.to(memory_format=torch.channels_last)
-        got = module(x.to(memory_format=torch.channels_last))
-    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
-
-
-@pytest.mark.parametrize("name", CONV_MODULES)
-def test_bf16_autocast_on_cpu_is_finite(name: str) -> None:
-    module = build_conv(name, 32, 32, 2).train()
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        out = module(torch.randn(2, 32, 8, 8))
-    assert out.shape == (2, 32, 4, 4)
-    assert torch.isfinite(out.float()).all()
-
-
-@pytest.mark.parametrize("name", CONV_MODULES)
-def test_branch_weights_are_exposed(name: str) -> None:
+@pytest.mark.parametrize("name", sorted(SOFTMAX_OVER_BRANCHES))
+def test_softmax_branch_weights_sum_to_one(name: str) -> None:
     module = build_conv(name, 32, 64, 1).eval()
     with record_attention(module) as recorded, torch.no_grad():
         module(torch.randn(3, 32, 8, 8))
-        maps = recorded[""].attention_maps
-        if name not in SOFTMAX_OVER_BRANCHES and "branch" not in maps:
-            return  # e.g. conv3x3 has no branches
-        weights = maps["branch"]
-    assert weights.dim() in (2, 3) and weights.shape[0] == 3
-    if name in SOFTMAX_OVER_BRANCHES:
-        torch.testing.assert_close(weights.sum(1), torch.ones_like(weights.sum(1)))
-    assert module.attention_maps == {}  # cleared when recording stops
+        weights = recorded[""].attention_maps["branch"]
+    torch.testing.assert_close(weights.sum(1), torch.ones_like(weights.sum(1)))
 
 
-@pytest.mark.parametrize("name", CONV_MODULES)
-def test_unknown_option_lists_valid_options(name: str) -> None:
-    with pytest.raises(ConfigError) as err:
-        build_conv(name, 32, 32, 1, no_such_option=1)
-    message = str(err.value)
-    assert "no_such_option" in message
-    for option in get_spec(name).option_names():
-        assert option in message
-
-
-@pytest.mark.parametrize("name", CONV_MODULES)
-def test_declares_whether_it_includes_norm_act(name: str) -> None:
-    # Conv modules must declare it: the backbone skips its own BN+ReLU when it is True.
-    flag = get_spec(name).cls.includes_norm_act
-    assert isinstance(flag, bool)
-    if name in {"conv3x3", "sk", "splat", "psa", "condconv", "dynamic_conv"}:
-        assert flag == (name in {"sk", "splat"})  # BN+ReLU inside the branches in the paper
+def test_norm_act_flags_follow_the_papers() -> None:
+    for name in ("conv3x3", "sk", "splat", "psa", "condconv", "dynamic_conv"):
+        # BN+ReLU inside the branches in the SK and ResNeSt papers only.
+        assert get_spec(name).cls.includes_norm_act == (name in {"sk", "splat"}), name
