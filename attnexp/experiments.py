@@ -43,7 +43,19 @@ def preset_sweep(name: str) -> dict[str, str]:
     text = (conf_dir() / "experiment" / f"{name}.yaml").read_text()
     data = yaml.safe_load(text) or {}
     params = ((data.get("hydra") or {}).get("sweeper") or {}).get("params") or {}
-    return {str(k): str(v) for k, v in params.items()}
+    return {str(k): _resolve(str(v)) for k, v in params.items()}
+
+
+def _resolve(value: str) -> str:
+    """A sweep value with its resolvers applied (``${attnexp_zoo_sweep:}`` -> the zoo)."""
+    if "${" not in value:
+        return value
+    from omegaconf import OmegaConf
+
+    from attnexp.zoo_configs import install
+
+    install()
+    return str(OmegaConf.create({"value": value}).value)
 
 
 def split_sweep_values(values: str) -> list[str]:
@@ -92,8 +104,20 @@ def expand_sweep(
 
 
 def group_options(group: str) -> list[str]:
-    """Option names of a config group (``attention`` -> ``[a2, bam, ...]``)."""
-    return sorted(p.stem for p in (conf_dir() / group).glob("*.yaml"))
+    """Option names of a config group (``attention`` -> ``[a2, bam, ...]``): its YAML files
+    and the nodes generated from the attention registry (:mod:`attnexp.zoo_configs`)."""
+    from hydra.core.config_store import ConfigStore
+
+    from attnexp.zoo_configs import install
+
+    install()
+    names = {p.stem for p in (conf_dir() / group).glob("*.yaml")}
+    try:
+        stored = ConfigStore.instance().list(group)
+    except OSError:  # no generated node in this group
+        stored = []
+    names |= {n.removesuffix(".yaml") for n in stored if n.endswith(".yaml")}
+    return sorted(n for n in names if not n.startswith("_"))
 
 
 # ----------------------------------------------------------------------------- launcher
