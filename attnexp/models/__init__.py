@@ -13,7 +13,7 @@ Positions are documented in :mod:`attnexp.models.blocks`, the placement spec in
 """
 
 from attnexp.models.base import Backbone
-from attnexp.models.blocks import BLOCK_POSITIONS
+from attnexp.models.blocks import BLOCK_POSITIONS, ResidualBlock
 from attnexp.models.factory import (
     LoadReport,
     ModelInfo,
@@ -23,6 +23,7 @@ from attnexp.models.factory import (
     model_info,
 )
 from attnexp.models.placement import (
+    GATE_POSITIONS,
     POSITIONS,
     PlacedModule,
     Placement,
@@ -33,12 +34,14 @@ from attnexp.models.placement import (
 
 __all__ = [
     "BLOCK_POSITIONS",
+    "GATE_POSITIONS",
     "POSITIONS",
     "Backbone",
     "LoadReport",
     "ModelInfo",
     "PlacedModule",
     "Placement",
+    "ResidualBlock",
     "apply_placements",
     "available_models",
     "build_model",

@@ -38,6 +38,9 @@ class Backbone(nn.Module):
 
     #: Name of the model in :func:`attnexp.models.build_model`.
     name: str = "backbone"
+    #: Gate positions the backbone itself offers (the blocks list theirs in
+    #: :attr:`ResidualBlock.POSITIONS`).
+    STAGE_POSITIONS: tuple[str, ...] = ("between_stages",)
 
     def __init__(self) -> None:
         super().__init__()

@@ -1,9 +1,13 @@
-"""Residual blocks with named attention hook points.
+"""Residual blocks with named attention hook points and replaceable convs.
 
 Every block keeps torchvision's parameter names (``conv1``, ``bn1``, ..., ``downsample.0/1``)
 so ImageNet weights load unchanged. Attention modules live in ``block.attn[position]`` (an
 ``nn.Sequential`` per position, created on demand), so their parameters are named
 ``layerS.B.attn.<position>.<i>.*`` and never collide with backbone names.
+
+The blocks own their placement vocabulary: :attr:`ResidualBlock.POSITIONS` (gate hook points),
+``CONV_SITES`` (the convs a conv-kind module may replace) and ``DEFAULT_CONV_SITES`` per block
+type. :mod:`attnexp.models.placement` reads them from here; nothing else lists them.
 
 Hook points (the ``position`` of a placement), in forward order::
 
@@ -25,23 +29,25 @@ Hook points (the ``position`` of a placement), in forward order::
 * ``after_add`` – after the sum and its ReLU (SE-POST, SENet fig. 5d: "after the summation
   with the identity branch (after ReLU)"); pre-activation blocks have no ReLU there.
 
-Conv modules (``position: conv``) replace the block's 3x3 conv and take over its stride:
-``conv2`` of a bottleneck (stride 1 under ``stride_position="v1"``, where the first 1x1 conv
-strides) and ``conv1``, the strided one of the two 3x3 convs, of a basic block. A ResNeXt's
-group count is not passed on (set the module's own option, e.g. ``groups``). When the module
-has ``includes_norm_act = True`` the BN and ReLU that follow the replaced conv are removed
-(the module already normalises and activates its output).
+Conv sites (``position: conv`` with ``sites: [...]``): a conv-kind module takes the place of
+the named conv with its channels and stride. Basic blocks: ``conv1`` (3x3, strided),
+``conv2`` (3x3), ``downsample`` (the 1x1 projection shortcut, where the block has one);
+default: both 3x3 convs. Bottlenecks: ``conv1`` (1x1; strided under ``stride_position="v1"``),
+``conv2`` (3x3, grouped in ResNeXt; strided under v1.5), ``conv3`` (1x1), ``downsample``;
+default: ``conv2``, the 3x3. A ResNeXt's group count is not passed on (set the module's own
+option, e.g. ``groups``). When the module has ``includes_norm_act = True`` the BN (and ReLU)
+that follows the replaced conv is removed (the module already normalises and activates).
 """
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import ClassVar, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-#: Positions that lie inside a block (``between_stages`` is handled by the backbone).
+#: Gate positions inside a block, in forward order (``between_stages`` belongs to the backbone).
 BLOCK_POSITIONS: tuple[str, ...] = (
     "before_block",
     "after_conv1",
@@ -61,13 +67,14 @@ class HookPoint(NamedTuple):
 
 
 class ConvSite(NamedTuple):
-    """The 3x3 conv a conv-kind module replaces; ``input_strided`` when an earlier conv of the
-    block already applied the stride (v1 bottleneck), so its input has the output size."""
+    """A conv a conv-kind module can replace. ``input_strided`` when an earlier layer of the
+    block already applied the stride, so the conv's input has the block's output size."""
 
     attr: str
     in_channels: int
     out_channels: int
     stride: int
+    kernel_size: int
     input_strided: bool = False
 
 
@@ -114,14 +121,22 @@ def make_shortcut(
 
 
 class ResidualBlock(nn.Module):
-    """Common part of every block: attention hook storage and conv replacement.
+    """Common part of every block: hook storage, the placement vocabulary, conv replacement.
 
-    Subclasses define :meth:`hook_points`, :meth:`conv_site` and the forward pass, calling
-    ``self._gate(position, x)`` at each hook point.
+    Subclasses set ``CONV_SITES``, ``DEFAULT_CONV_SITES`` and ``NORM_AFTER``, define
+    :meth:`hook_points`, :meth:`conv_sites` and the forward pass, calling
+    ``self._gate(position, x)`` at each hook point and ``self._unit(conv, x, relu)`` for each
+    conv + norm (+ ReLU) unit.
     """
 
-    #: Name of the BN that follows the replaceable 3x3 conv.
-    norm_after_conv: str = "bn2"
+    #: Gate positions every block offers (keys of :meth:`hook_points`).
+    POSITIONS: ClassVar[tuple[str, ...]] = BLOCK_POSITIONS
+    #: Convs a conv-kind module may replace, in forward order.
+    CONV_SITES: ClassVar[tuple[str, ...]] = ()
+    #: Sites replaced when a conv placement names none: the block's 3x3 convs.
+    DEFAULT_CONV_SITES: ClassVar[tuple[str, ...]] = ()
+    #: conv site -> the norm that follows it (removed if the new module has its own norm+act).
+    NORM_AFTER: ClassVar[dict[str, str | None]] = {}
     #: The (only) last BN of the residual branch, zeroed by ``zero_init_residual``.
     last_bn: str | None = None
     #: Pre-activation blocks take their projection shortcut from the pre-activated input.
@@ -132,8 +147,8 @@ class ResidualBlock(nn.Module):
         self.in_channels = in_channels
         self.out_channels = out_channels
         self.stride = stride
-        #: Set when the 3x3 conv was replaced by a module that applies its own BN + ReLU.
-        self.conv_has_norm_act = False
+        #: Sites replaced by a module that applies its own BN + ReLU.
+        self.sites_with_norm_act: set[str] = set()
         self.attn = nn.ModuleDict()
 
     # -- placement interface ---------------------------------------------------------------
@@ -141,9 +156,21 @@ class ResidualBlock(nn.Module):
         """Channel count and stride side of every gate position this block offers."""
         raise NotImplementedError
 
-    def conv_site(self) -> ConvSite:
-        """The replaceable 3x3 conv: attribute, channels in/out, stride."""
+    def conv_sites(self) -> dict[str, ConvSite]:
+        """The replaceable convs this block has (``downsample`` only with a projection)."""
         raise NotImplementedError
+
+    def _downsample_site(self) -> dict[str, ConvSite]:
+        """``{"downsample": site}`` when the shortcut is a 1x1 projection, else ``{}``."""
+        if not self.has_projection:
+            return {}
+        site = ConvSite("downsample", self.in_channels, self.out_channels, self.stride, 1)
+        return {"downsample": site}
+
+    def _set_shortcut(self, shortcut: nn.Module | None) -> None:
+        self.downsample = shortcut
+        #: True when the shortcut is a 1x1 projection (a conv site), not identity/zero pad.
+        self.has_projection = isinstance(shortcut, (nn.Sequential, nn.Conv2d))
 
     def add_gate(self, position: str, module: nn.Module) -> str:
         """Append ``module`` at ``position``; returns its path inside the block."""
@@ -155,35 +182,63 @@ class ResidualBlock(nn.Module):
         seq.append(module)
         return f"attn.{position}.{len(seq) - 1}"
 
-    def replace_conv(self, module: nn.Module) -> str:
-        """Put ``module`` in place of the 3x3 conv; drop the following BN+ReLU if it has them."""
-        attr = self.conv_site().attr
-        setattr(self, attr, module)
-        if getattr(module, "includes_norm_act", False):
-            setattr(self, self.norm_after_conv, nn.Identity())
-            self.conv_has_norm_act = True
-        return attr
+    def replace_conv(self, site: str, module: nn.Module) -> str:
+        """Put ``module`` in place of conv ``site``; drop the following BN if it has its own
+        norm + activation. Returns the module's path inside the block."""
+        if site not in self.conv_sites():
+            raise KeyError(site)
+        norm_act = getattr(module, "includes_norm_act", False)
+        if site == "downsample":
+            if isinstance(self.downsample, nn.Sequential):
+                self.downsample[0] = module
+                if norm_act:
+                    self.downsample[1] = nn.Identity()
+                path = "downsample.0"
+            else:
+                self.downsample = module
+                path = "downsample"
+        else:
+            setattr(self, site, module)
+            norm = self.NORM_AFTER.get(site)
+            if norm_act and norm is not None:
+                setattr(self, norm, nn.Identity())
+            path = site
+        if norm_act:
+            self.sites_with_norm_act.add(site)
+        return path
 
     def _gate(self, position: str, x: torch.Tensor) -> torch.Tensor:
         if position in self.attn:
             return self.attn[position](x)
         return x
 
-    def _norm_act(self, bn: nn.Module, x: torch.Tensor, replaced: bool) -> torch.Tensor:
-        """BN + ReLU after a conv unless that conv was replaced by a module that has them."""
-        if replaced:
+    def _unit(self, site: str, x: torch.Tensor, relu: bool) -> torch.Tensor:
+        """Conv ``site``, then its BN (and ReLU) unless the conv was replaced by a module
+        that has them (post-activation blocks)."""
+        out = getattr(self, site)(x)
+        if site in self.sites_with_norm_act:
+            return out
+        out = getattr(self, self.NORM_AFTER[site])(out)  # type: ignore[arg-type]
+        return F.relu(out, inplace=True) if relu else out
+
+    def _pre_act(self, site: str, x: torch.Tensor) -> torch.Tensor:
+        """BN + ReLU between two convs of a pre-activation block, skipped when conv ``site``
+        (the one before) was replaced by a module that normalises and activates itself."""
+        if site in self.sites_with_norm_act:
             return x
-        return F.relu(bn(x), inplace=True)
+        return F.relu(getattr(self, self.NORM_AFTER[site])(x), inplace=True)  # type: ignore[arg-type]
 
 
 class BasicBlock(ResidualBlock):
     """Post-activation basic block (He et al. 2016).
 
-    3x3/s [+conv module] - BN - ReLU [after_conv1], 3x3 - BN [after_conv2, after_conv3],
+    3x3/s - BN - ReLU [after_conv1], 3x3 - BN [after_conv2, after_conv3],
     (+ shortcut [identity]) - ReLU [after_add]; [before_block] on the branch input.
     """
 
-    norm_after_conv = "bn1"
+    CONV_SITES = ("conv1", "conv2", "downsample")
+    DEFAULT_CONV_SITES = ("conv1", "conv2")
+    NORM_AFTER = {"conv1": "bn1", "conv2": "bn2"}
     last_bn = "bn2"
 
     def __init__(
@@ -195,27 +250,19 @@ class BasicBlock(ResidualBlock):
         self.relu = nn.ReLU(inplace=True)
         self.conv2 = conv3x3(out_channels, out_channels)
         self.bn2 = nn.BatchNorm2d(out_channels)
-        self.downsample = make_shortcut(shortcut, in_channels, out_channels, stride)
+        self._set_shortcut(make_shortcut(shortcut, in_channels, out_channels, stride))
 
     def hook_points(self) -> dict[str, HookPoint]:
-        c_in, c_out = self.in_channels, self.out_channels
-        return {
-            "before_block": HookPoint(c_in, False),
-            "after_conv1": HookPoint(c_out, True),
-            "after_conv2": HookPoint(c_out, True),
-            "after_conv3": HookPoint(c_out, True),
-            "identity": HookPoint(c_out, True),
-            "after_add": HookPoint(c_out, True),
-        }
+        return _basic_hook_points(self.in_channels, self.out_channels)
 
-    def conv_site(self) -> ConvSite:
-        return ConvSite("conv1", self.in_channels, self.out_channels, self.stride)
+    def conv_sites(self) -> dict[str, ConvSite]:
+        return _basic_conv_sites(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self._gate("before_block", x)
-        out = self._norm_act(self.bn1, self.conv1(out), self.conv_has_norm_act)
+        out = self._unit("conv1", out, relu=True)
         out = self._gate("after_conv1", out)
-        out = self.bn2(self.conv2(out))
+        out = self._unit("conv2", out, relu=False)
         out = self._gate("after_conv2", out)
         out = self._gate("after_conv3", out)
         identity = x if self.downsample is None else self.downsample(x)
@@ -227,11 +274,14 @@ class BasicBlock(ResidualBlock):
 class Bottleneck(ResidualBlock):
     """Post-activation bottleneck (torchvision's, incl. ResNeXt groups and wide widths).
 
-    1x1 - BN - ReLU [after_conv1], 3x3 (groups) [+conv module] - BN - ReLU [after_conv2],
+    1x1 - BN - ReLU [after_conv1], 3x3 (groups) - BN - ReLU [after_conv2],
     1x1 - BN [after_conv3], (+ shortcut [identity]) - ReLU [after_add]; [before_block] on the
     branch input. ``stride_on="conv2"`` is v1.5 (torchvision), ``"conv1"`` is v1 (He et al.).
     """
 
+    CONV_SITES = ("conv1", "conv2", "conv3", "downsample")
+    DEFAULT_CONV_SITES = ("conv2",)
+    NORM_AFTER = {"conv1": "bn1", "conv2": "bn2", "conv3": "bn3"}
     last_bn = "bn3"
 
     def __init__(
@@ -256,7 +306,7 @@ class Bottleneck(ResidualBlock):
         self.conv3 = conv1x1(width, out_channels)
         self.bn3 = nn.BatchNorm2d(out_channels)
         self.relu = nn.ReLU(inplace=True)
-        self.downsample = make_shortcut(shortcut, in_channels, out_channels, stride)
+        self._set_shortcut(make_shortcut(shortcut, in_channels, out_channels, stride))
 
     def hook_points(self) -> dict[str, HookPoint]:
         c_in, w, c_out = self.in_channels, self.width, self.out_channels
@@ -269,17 +319,24 @@ class Bottleneck(ResidualBlock):
             "after_add": HookPoint(c_out, True),
         }
 
-    def conv_site(self) -> ConvSite:
+    def conv_sites(self) -> dict[str, ConvSite]:
         v1 = self.stride_on == "conv1"
-        return ConvSite("conv2", self.width, self.width, 1 if v1 else self.stride, v1)
+        s1, s2 = (self.stride, 1) if v1 else (1, self.stride)
+        w = self.width
+        return {
+            "conv1": ConvSite("conv1", self.in_channels, w, s1, 1),
+            "conv2": ConvSite("conv2", w, w, s2, 3, v1),
+            "conv3": ConvSite("conv3", w, self.out_channels, 1, 1, True),
+            **self._downsample_site(),
+        }
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self._gate("before_block", x)
-        out = self.relu(self.bn1(self.conv1(out)))
+        out = self._unit("conv1", out, relu=True)
         out = self._gate("after_conv1", out)
-        out = self._norm_act(self.bn2, self.conv2(out), self.conv_has_norm_act)
+        out = self._unit("conv2", out, relu=True)
         out = self._gate("after_conv2", out)
-        out = self.bn3(self.conv3(out))
+        out = self._unit("conv3", out, relu=False)
         out = self._gate("after_conv3", out)
         identity = x if self.downsample is None else self.downsample(x)
         identity = self._gate("identity", identity)
@@ -290,13 +347,15 @@ class Bottleneck(ResidualBlock):
 class PreActBasicBlock(ResidualBlock):
     """Pre-activation basic block (He et al. 2016b; the WRN block of Zagoruyko & Komodakis).
 
-    BN - ReLU (pre-activation) [before_block], 3x3/s [+conv module] [after_conv1], BN - ReLU -
-    dropout, 3x3 [after_conv2, after_conv3], (+ shortcut [identity]) [after_add]. A projection
+    BN - ReLU (pre-activation) [before_block], 3x3/s [after_conv1], BN - ReLU - dropout,
+    3x3 [after_conv2, after_conv3], (+ shortcut [identity]) [after_add]. A projection
     shortcut takes the pre-activated input (WRN's official code); identity and zero-pad
     shortcuts take the raw input.
     """
 
-    norm_after_conv = "bn2"
+    CONV_SITES = ("conv1", "conv2", "downsample")
+    DEFAULT_CONV_SITES = ("conv1", "conv2")
+    NORM_AFTER = {"conv1": "bn2", "conv2": None}
     preact = True
 
     def __init__(
@@ -314,27 +373,19 @@ class PreActBasicBlock(ResidualBlock):
         self.bn2 = nn.BatchNorm2d(out_channels)
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.conv2 = conv3x3(out_channels, out_channels)
-        self.downsample = make_shortcut(shortcut, in_channels, out_channels, stride, norm=False)
+        self._set_shortcut(make_shortcut(shortcut, in_channels, out_channels, stride, norm=False))
 
     def hook_points(self) -> dict[str, HookPoint]:
-        c_in, c_out = self.in_channels, self.out_channels
-        return {
-            "before_block": HookPoint(c_in, False),
-            "after_conv1": HookPoint(c_out, True),
-            "after_conv2": HookPoint(c_out, True),
-            "after_conv3": HookPoint(c_out, True),
-            "identity": HookPoint(c_out, True),
-            "after_add": HookPoint(c_out, True),
-        }
+        return _basic_hook_points(self.in_channels, self.out_channels)
 
-    def conv_site(self) -> ConvSite:
-        return ConvSite("conv1", self.in_channels, self.out_channels, self.stride)
+    def conv_sites(self) -> dict[str, ConvSite]:
+        return _basic_conv_sites(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         pre = F.relu(self.bn1(x))
         out = self.conv1(self._gate("before_block", pre))
         out = self._gate("after_conv1", out)
-        out = self.conv2(self.dropout(self._norm_act(self.bn2, out, self.conv_has_norm_act)))
+        out = self.conv2(self.dropout(self._pre_act("conv1", out)))
         out = self._gate("after_conv2", out)
         out = self._gate("after_conv3", out)
         identity = _preact_shortcut(self.downsample, x, pre)
@@ -345,11 +396,13 @@ class PreActBasicBlock(ResidualBlock):
 class PreActBottleneck(ResidualBlock):
     """Pre-activation bottleneck (He et al. 2016b, the CIFAR ResNet-164).
 
-    BN - ReLU [before_block], 1x1 [after_conv1], BN - ReLU - 3x3/s [+conv module]
-    [after_conv2], BN - ReLU - 1x1 [after_conv3], (+ shortcut [identity]) [after_add].
+    BN - ReLU [before_block], 1x1 [after_conv1], BN - ReLU - 3x3/s [after_conv2],
+    BN - ReLU - 1x1 [after_conv3], (+ shortcut [identity]) [after_add].
     """
 
-    norm_after_conv = "bn3"
+    CONV_SITES = ("conv1", "conv2", "conv3", "downsample")
+    DEFAULT_CONV_SITES = ("conv2",)
+    NORM_AFTER = {"conv1": "bn2", "conv2": "bn3", "conv3": None}
     preact = True
 
     def __init__(
@@ -369,7 +422,7 @@ class PreActBottleneck(ResidualBlock):
         self.conv2 = conv3x3(width, width, stride)
         self.bn3 = nn.BatchNorm2d(width)
         self.conv3 = conv1x1(width, out_channels)
-        self.downsample = make_shortcut(shortcut, in_channels, out_channels, stride, norm=False)
+        self._set_shortcut(make_shortcut(shortcut, in_channels, out_channels, stride, norm=False))
 
     def hook_points(self) -> dict[str, HookPoint]:
         c_in, w, c_out = self.in_channels, self.width, self.out_channels
@@ -382,20 +435,47 @@ class PreActBottleneck(ResidualBlock):
             "after_add": HookPoint(c_out, True),
         }
 
-    def conv_site(self) -> ConvSite:
-        return ConvSite("conv2", self.width, self.width, self.stride)
+    def conv_sites(self) -> dict[str, ConvSite]:
+        w = self.width
+        return {
+            "conv1": ConvSite("conv1", self.in_channels, w, 1, 1),
+            "conv2": ConvSite("conv2", w, w, self.stride, 3),
+            "conv3": ConvSite("conv3", w, self.out_channels, 1, 1, True),
+            **self._downsample_site(),
+        }
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         pre = F.relu(self.bn1(x))
         out = self.conv1(self._gate("before_block", pre))
         out = self._gate("after_conv1", out)
-        out = self.conv2(F.relu(self.bn2(out), inplace=True))
+        out = self.conv2(self._pre_act("conv1", out))
         out = self._gate("after_conv2", out)
-        out = self.conv3(self._norm_act(self.bn3, out, self.conv_has_norm_act))
+        out = self.conv3(self._pre_act("conv2", out))
         out = self._gate("after_conv3", out)
         identity = _preact_shortcut(self.downsample, x, pre)
         identity = self._gate("identity", identity)
         return self._gate("after_add", out + identity)
+
+
+def _basic_hook_points(c_in: int, c_out: int) -> dict[str, HookPoint]:
+    """Basic blocks (post- and pre-activation): everything after the input is strided."""
+    return {
+        "before_block": HookPoint(c_in, False),
+        "after_conv1": HookPoint(c_out, True),
+        "after_conv2": HookPoint(c_out, True),
+        "after_conv3": HookPoint(c_out, True),
+        "identity": HookPoint(c_out, True),
+        "after_add": HookPoint(c_out, True),
+    }
+
+
+def _basic_conv_sites(block: ResidualBlock) -> dict[str, ConvSite]:
+    c_in, c_out = block.in_channels, block.out_channels
+    return {
+        "conv1": ConvSite("conv1", c_in, c_out, block.stride, 3),
+        "conv2": ConvSite("conv2", c_out, c_out, 1, 3, True),
+        **block._downsample_site(),
+    }
 
 
 def _preact_shortcut(

@@ -8,12 +8,17 @@ A placement (a dict in configs, :class:`Placement` in code)::
     stages: all                       # all | [1-based stage numbers]
     blocks: all                       # all | first | last | every_K | [0-based block indices]
     stage_options: {kernel_size: [3, 5, 5, 7]}   # one value per stage of the model
+    sites: [conv1, conv2]             # position conv only: which convs of each block
 
 * ``auto`` is the module's registry default (``after_conv3`` for gates, ``between_stages``
   for stage modules such as BAM, ``conv`` for conv modules).
-* Block positions are described in :mod:`attnexp.models.blocks`. ``between_stages`` puts the
+* Block positions and conv sites are described (and listed) in :mod:`attnexp.models.blocks`;
+  ``between_stages`` belongs to the backbone (:attr:`Backbone.STAGE_POSITIONS`) and puts the
   module after stage k (k = 1..N-1, ``stages: all`` meaning all of them), on the stage's output
-  channels, as BAM. ``conv`` replaces each selected block's 3x3 conv with a conv-kind module.
+  channels, as BAM. ``conv`` replaces the convs named by ``sites`` (default: the block type's
+  ``DEFAULT_CONV_SITES``, its 3x3 convs) in each selected block with a conv-kind module. A
+  module without a ``kernel_size`` option replaces 3x3 convs only; one with it gets the
+  replaced conv's kernel size unless the config sets it.
 * Blocks are numbered from 0 within a stage, as the module names ``layerS.B`` (negative
   indices count from the end); ``every_K`` selects blocks 0, K, 2K, ... of each selected stage.
 * Channel counts come from the position, never from the user. A module whose constructor has
@@ -44,7 +49,6 @@ import torch
 from torch import nn
 
 from attnexp.attention.registry import (
-    GATE_POSITIONS,
     ModuleSpec,
     build_attention,
     build_conv,
@@ -53,10 +57,22 @@ from attnexp.attention.registry import (
 )
 from attnexp.errors import ConfigError, choices_error
 from attnexp.models.base import Backbone
+from attnexp.models.blocks import ResidualBlock
 
+#: Where a gate can go: the blocks' hook points, then the backbone's between-stage position.
+GATE_POSITIONS: tuple[str, ...] = (*ResidualBlock.POSITIONS, *Backbone.STAGE_POSITIONS)
 #: Everything ``position`` accepts.
 POSITIONS: tuple[str, ...] = ("auto", *GATE_POSITIONS, "conv")
-PLACEMENT_KEYS: tuple[str, ...] = ("module", "position", "stages", "blocks", "stage_options")
+PLACEMENT_KEYS: tuple[str, ...] = (
+    "module",
+    "position",
+    "stages",
+    "blocks",
+    "stage_options",
+    "sites",
+)
+#: Keys of the top-level ``conv`` mapping that place it; the other keys are module options.
+CONV_PLACEMENT_KEYS: tuple[str, ...] = ("stages", "blocks", "stage_options", "sites")
 BLOCK_CHOICES = "all, first, last, every_K (e.g. every_2) or a list of block indices"
 _EVERY = re.compile(r"every_(\d+)$")
 
@@ -71,6 +87,8 @@ class Placement:
     stages: str | tuple[int, ...] = "all"
     blocks: str | tuple[int, ...] = "all"
     stage_options: Mapping[str, tuple[Any, ...]] = field(default_factory=dict)
+    #: Convs to replace (position conv); None = each block type's DEFAULT_CONV_SITES.
+    sites: tuple[str, ...] | None = None
     #: Where the placement came from, for messages (``placements[2]``, ``conv``).
     where: str = field(default="placement", compare=False)
 
@@ -91,6 +109,7 @@ class PlacedModule:
     params: int
     path: str  # qualified name in the model
     residual: bool
+    site: str | None = None  # the replaced conv (position conv), e.g. conv2 or downsample
 
 
 # --------------------------------------------------------------------------- parsing
@@ -174,6 +193,22 @@ def parse_placement(raw: Placement | Mapping[str, Any], where: str = "placement"
                 f"{where}: option {key!r} is given both in module and in stage_options; "
                 "keep one of them"
             )
+    sites = raw.get("sites")
+    if sites is not None:
+        if isinstance(sites, str):
+            sites = [sites]
+        if (
+            not isinstance(sites, Sequence)
+            or not sites
+            or not all(isinstance(x, str) for x in sites)
+        ):
+            raise ConfigError(
+                f"{where}.sites must be a non-empty list of conv names, e.g. [conv1, conv2], "
+                f"got {sites!r}"
+            )
+        if len(set(sites)) != len(sites):
+            raise ConfigError(f"{where}.sites lists a conv twice: {list(sites)}")
+        sites = tuple(sites)
     return Placement(
         module=name,
         options=options,
@@ -181,6 +216,7 @@ def parse_placement(raw: Placement | Mapping[str, Any], where: str = "placement"
         stages=stages,
         blocks=blocks,
         stage_options={k: tuple(v) for k, v in stage_options.items()},
+        sites=sites,
         where=where,
     )
 
@@ -196,8 +232,15 @@ def parse_placements(
         raise ConfigError(f"placements must be a list of placement mappings, got {placements!r}")
     parsed = [parse_placement(p, f"placements[{i}]") for i, p in enumerate(placements or [])]
     if conv is not None:
-        module = {"name": conv} if isinstance(conv, str) else conv
-        parsed.append(parse_placement({"module": module, "position": "conv"}, "conv"))
+        if isinstance(conv, str):
+            module, where = {"name": conv}, {}
+        elif isinstance(conv, Mapping):
+            conv = _plain(conv)
+            module = {k: v for k, v in conv.items() if k not in CONV_PLACEMENT_KEYS}
+            where = {k: v for k, v in conv.items() if k in CONV_PLACEMENT_KEYS and v is not None}
+        else:
+            raise ConfigError(f"conv must be a module name or a mapping, got {conv!r}")
+        parsed.append(parse_placement({"module": module, "position": "conv", **where}, "conv"))
     return parsed
 
 
@@ -216,6 +259,8 @@ class _Site:
     stride: int
     size: int
     options: dict[str, Any]
+    conv: str | None = None  # the replaced conv (position conv)
+    kernel_size: int = 3  # of the replaced conv
 
 
 def _resolve_position(p: Placement, spec: ModuleSpec) -> str:
@@ -325,6 +370,11 @@ def _plan(model: Backbone, p: Placement, image_size: int) -> list[_Site]:
             f"{p.where}.blocks: between_stages places one module after each selected stage; "
             "blocks does not apply (leave it as 'all')"
         )
+    if p.sites is not None and position != "conv":
+        raise ConfigError(
+            f"{p.where}.sites names convs to replace, which only position 'conv' does; "
+            f"{spec.name!r} goes to {position!r} here (remove sites)"
+        )
     per_stage_options = _stage_options(p, spec, model)
     sizes = model.block_sizes(image_size)
     sites: list[_Site] = []
@@ -338,25 +388,78 @@ def _plan(model: Backbone, p: Placement, image_size: int) -> list[_Site]:
         for b in _resolve_blocks(p, stage, len(blocks), model.name):
             size_in, size_out = sizes[stage - 1][b]
             if position == "conv":
-                conv = blocks[b].conv_site()
-                c_in, c_out, stride = conv.in_channels, conv.out_channels, conv.stride
-                size = size_out if conv.input_strided else size_in
-            else:
-                hook = blocks[b].hook_points()[position]
-                c_in = c_out = hook.channels
-                stride, size = 1, (size_out if hook.strided else size_in)
-            sites.append(
-                _Site(p, spec, position, stage, b, c_in, c_out, stride, size, dict(options))
+                for conv in _conv_sites(p, spec, blocks[b], model):
+                    size = size_out if conv.input_strided else size_in
+                    sites.append(
+                        _Site(
+                            p,
+                            spec,
+                            position,
+                            stage,
+                            b,
+                            conv.in_channels,
+                            conv.out_channels,
+                            conv.stride,
+                            size,
+                            dict(options),
+                            conv.attr,
+                            conv.kernel_size,
+                        )
+                    )
+                continue
+            hook = blocks[b].hook_points()[position]
+            c, size = hook.channels, (size_out if hook.strided else size_in)
+            sites.append(_Site(p, spec, position, stage, b, c, c, 1, size, dict(options)))
+    if position == "conv" and p.sites is not None:
+        missing = set(p.sites) - {site.conv for site in sites}
+        if missing:
+            raise ConfigError(
+                f"{p.where}.sites: no selected block of {model.name} has a "
+                f"{', '.join(sorted(missing))} conv (a block has a 'downsample' conv only where "
+                "its shortcut is a 1x1 projection; shortcut option A is parameter-free)"
             )
+    names = spec.option_names()
     for site in sites:
         _check_size(site, model, image_size)
-        if "feature_size" in spec.option_names() and "feature_size" not in site.options:
+        if "feature_size" in names and site.options.get("feature_size") is None:
             site.options["feature_size"] = site.size
+        fill_kernel = site.conv is not None and "kernel_size" in names
+        if fill_kernel and site.options.get("kernel_size") is None:
+            site.options["kernel_size"] = site.kernel_size
     return sites
+
+
+def _conv_sites(p: Placement, spec: ModuleSpec, block: ResidualBlock, model: Backbone) -> list:
+    """The conv sites of ``block`` that placement ``p`` replaces, checked against the block
+    type's sites and the module's kernel sizes."""
+    kind = type(block)
+    wanted = p.sites if p.sites is not None else kind.DEFAULT_CONV_SITES
+    unknown = [name for name in wanted if name not in kind.CONV_SITES]
+    if unknown:
+        raise ConfigError(
+            f"{p.where}.sites: {', '.join(map(repr, unknown))} is not a conv of a "
+            f"{kind.__name__} ({model.name}); valid sites: {', '.join(kind.CONV_SITES)} "
+            f"(default: {', '.join(kind.DEFAULT_CONV_SITES)})"
+        )
+    available = block.conv_sites()
+    chosen = [available[name] for name in wanted if name in available]
+    if "kernel_size" not in spec.option_names():
+        odd = [c for c in chosen if c.kernel_size != 3]
+        if odd:
+            three = [n for n, c in available.items() if c.kernel_size == 3]
+            raise ConfigError(
+                f"{p.where}.sites: {spec.name!r} stands in for 3x3 convs only (it has no "
+                f"kernel_size option), but {odd[0].attr} of a {kind.__name__} is a "
+                f"{odd[0].kernel_size}x{odd[0].kernel_size} conv; sites it can replace here: "
+                f"{', '.join(three)}"
+            )
+    return chosen
 
 
 def _describe(site: _Site) -> str:
     block = "" if site.block is None else f", block {site.block}"
+    if site.conv is not None:
+        block += f", {site.conv}"
     return (
         f"{site.placement.where} ({site.spec.name} at {site.position}, stage {site.stage}"
         f"{block}, {site.in_channels} channels, {site.size}x{site.size} maps)"
@@ -428,20 +531,18 @@ def apply_placements(
     parsed = [parse_placement(p, f"placements[{i}]") for i, p in enumerate(placements)]
 
     sites = [site for p in parsed for site in _plan(model, p, image_size)]
-    replaced: dict[tuple[int, int], str] = {
-        (r.stage, r.block): r.where  # type: ignore[misc]
-        for r in model.placed_modules
-        if r.position == "conv"
+    replaced: dict[tuple[int, int | None, str | None], str] = {
+        (r.stage, r.block, r.site): r.where for r in model.placed_modules if r.position == "conv"
     }
     for site in sites:
         if site.position != "conv":
             continue
-        key = (site.stage, site.block)
+        key = (site.stage, site.block, site.conv)
         if key in replaced:
             raise ConfigError(
-                f"{site.placement.where}: the 3x3 conv of stage {site.stage}, block "
-                f"{site.block} is already replaced by {replaced[key]}; a block has one 3x3 "
-                "conv, so select disjoint stages/blocks for conv placements"
+                f"{site.placement.where}: {site.conv} of stage {site.stage}, block "
+                f"{site.block} is already replaced by {replaced[key]}; select disjoint "
+                "stages/blocks/sites for conv placements"
             )
         replaced[key] = site.placement.where
 
@@ -456,7 +557,8 @@ def apply_placements(
             block = model.blocks(site.stage)[site.block]
             prefix = f"layer{site.stage}.{site.block}"
             if site.position == "conv":
-                path = f"{prefix}.{block.replace_conv(module)}"
+                assert site.conv is not None
+                path = f"{prefix}.{block.replace_conv(site.conv, module)}"
             else:
                 path = f"{prefix}.{block.add_gate(site.position, module)}"
         records.append(
@@ -473,6 +575,7 @@ def apply_placements(
                 params=sum(p.numel() for p in module.parameters()),
                 path=path,
                 residual=site.spec.residual,
+                site=site.conv,
             )
         )
     model.placed_modules.extend(records)

@@ -308,7 +308,7 @@ def test_omegaconf_placements_are_accepted(test_zoo: Zoo) -> None:
 
 
 # --------------------------------------------------------------------------- conv
-def test_conv_replaces_the_strided_3x3(test_zoo: Zoo) -> None:
+def test_conv_replaces_the_3x3_convs_by_default(test_zoo: Zoo) -> None:
     conv = test_zoo("conv")
     with torch.device("meta"):
         v15 = build_model("resnet50", num_classes=1000, conv={"name": conv})
@@ -317,7 +317,10 @@ def test_conv_replaces_the_strided_3x3(test_zoo: Zoo) -> None:
     # the plain test conv has exactly the 3x3's parameters
     assert n_params(v15) == n_params(v1) == 25_557_032 and n_params(basic) == 11_689_512
     assert v15.layer2[0].conv2.stride == 2 and v1.layer2[0].conv2.stride == 1
-    assert basic.layer2[0].conv1.stride == 2 and isinstance(basic.layer2[0].conv2, nn.Conv2d)
+    assert isinstance(v15.layer2[0].conv1, nn.Conv2d)  # the bottleneck's 1x1 convs stay
+    # a basic block: both 3x3 convs (the default sites), the stride stays on conv1
+    assert basic.layer2[0].conv1.stride == 2 and basic.layer2[0].conv2.stride == 1
+    assert len(basic.placed_modules) == 2 * 8 and len(v15.placed_modules) == 16
     r = next(r for r in v15.placed_modules if (r.stage, r.block) == (2, 0))
     assert (r.path, r.in_channels, r.out_channels, r.size, r.out_size) == (
         "layer2.0.conv2",
@@ -330,6 +333,7 @@ def test_conv_replaces_the_strided_3x3(test_zoo: Zoo) -> None:
     assert (r.size, r.out_size) == (28, 28)
     r = next(r for r in basic.placed_modules if (r.stage, r.block) == (2, 0))
     assert (r.path, r.in_channels, r.out_channels) == ("layer2.0.conv1", 64, 128)
+    assert r.site == "conv1"
 
 
 def test_conv_with_norm_act_drops_the_blocks_bn(test_zoo: Zoo) -> None:
@@ -340,8 +344,8 @@ def test_conv_with_norm_act_drops_the_blocks_bn(test_zoo: Zoo) -> None:
         placements=[place(test_zoo("recorder"), "after_conv3")],
     )
     block = model.layer2[0]
-    assert isinstance(block.bn1, nn.Identity) and block.conv_has_norm_act
-    assert isinstance(block.bn2, nn.BatchNorm2d)
+    assert isinstance(block.bn1, nn.Identity) and isinstance(block.bn2, nn.Identity)
+    assert block.sites_with_norm_act == {"conv1", "conv2"}
     model(torch.randn(2, 3, 32, 32)).sum().backward()
     bottleneck = build_model(
         "resnet50", num_classes=10, conv=test_zoo("normact_conv"), image_size=64
@@ -447,7 +451,7 @@ def test_min_size_fits_where_the_maps_are_large_enough(test_zoo: Zoo) -> None:
 def test_top_level_conv_and_conv_placement_conflict(test_zoo: Zoo) -> None:
     with pytest.raises(
         ConfigError,
-        match=r"conv: the 3x3 conv of stage 1, block 0 is already replaced by placements\[0\]",
+        match=r"conv: conv1 of stage 1, block 0 is already replaced by placements\[0\]",
     ):
         build_model("resnet20", num_classes=10, conv=test_zoo("conv"),
                     placements=[place(test_zoo("conv"), stages=[1], blocks="first")])  # fmt: skip

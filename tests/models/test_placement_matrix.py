@@ -15,9 +15,9 @@ import copy
 import pytest
 import torch
 
-from attnexp.attention import GATE_POSITIONS, available, get_spec
+from attnexp.attention import available, get_spec
 from attnexp.errors import ConfigError
-from attnexp.models import POSITIONS, Backbone, apply_placements, build_model
+from attnexp.models import GATE_POSITIONS, POSITIONS, Backbone, apply_placements, build_model
 from attnexp.models.cifar import wide_resnet
 
 MODULES = [name for name in available() if not name.startswith("_test")]
@@ -110,6 +110,39 @@ def test_resnet50_matrix(module: str, position: str) -> None:
 @pytest.mark.parametrize("model", ["wrn10_2", "resnet164"])
 def test_preact_matrix(model: str, module: str, position: str) -> None:
     check_pair(model, module, position, 32, backward=True, blocks="first")
+
+
+CONV_MODULES = [name for name in available("conv") if not name.startswith("_test")]
+
+
+@pytest.mark.parametrize("module", CONV_MODULES)
+def test_conv_module_on_both_convs_of_every_basic_block(module: str) -> None:
+    """Every conv-kind module on conv1 and conv2 of every block of ResNet-20 (forward +
+    backward, 32x32): the DY-ResNet layout."""
+    bare = base("resnet20")
+    model = copy.deepcopy(bare)
+    conv = {"module": module, "position": "conv", "sites": ["conv1", "conv2"]}
+    records = apply_placements(model, [conv], image_size=32)
+    assert len(records) == 2 * sum(len(model.blocks(s)) for s in (1, 2, 3))
+    assert {r.site for r in records} == {"conv1", "conv2"}
+    out = model(torch.randn(2, 3, 32, 32))
+    assert out.shape == (2, 10) and torch.isfinite(out).all()
+    out.sum().backward()
+    for r in records:
+        for p in model.get_submodule(r.path).parameters():
+            assert p.grad is not None, f"{module} at {r.path}: unused parameters"
+
+
+@pytest.mark.parametrize("module", CONV_MODULES)
+def test_conv_module_on_conv2_of_every_bottleneck(module: str) -> None:
+    """Every conv-kind module on the 3x3 conv2 of every ResNet-50 block (64x64, forward)."""
+    model = copy.deepcopy(base("resnet50"))
+    conv = {"module": module, "position": "conv", "sites": ["conv2"]}
+    records = apply_placements(model, [conv], image_size=64)
+    assert len(records) == 16 and {r.site for r in records} == {"conv2"}
+    with torch.no_grad():
+        out = model.eval()(torch.randn(1, 3, 64, 64))
+    assert out.shape == (1, 10) and torch.isfinite(out).all()
 
 
 def test_matrix_covers_every_position() -> None:
