@@ -76,7 +76,8 @@ def _hydra_info() -> HydraInfo:
         choices=choices,
         overrides=list(hc.overrides.task),
         job_num=hc.job.get("num"),
-        sweep_dir=str(hc.sweep.dir) if hc.mode.name == "MULTIRUN" else None,
+        # a job's dir is <sweep dir>/<job num> (conf/hydra/default.yaml)
+        sweep_dir=str(Path(hc.runtime.output_dir).parent) if hc.mode.name == "MULTIRUN" else None,
     )
 
 
@@ -443,6 +444,7 @@ def _log_summary(run: _Run, record: RunRecord) -> None:
         "status": record.status,
         "test/top1_err": record.test.top1_err,
         "test/top5_err": record.test.top5_err,
+        "test/checkpoint": record.test.checkpoint,
         "best/val_top1_err": record.best.val_top1_err,
         "costs/params": record.costs.params,
         "costs/macs": record.costs.macs,

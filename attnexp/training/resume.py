@@ -17,7 +17,6 @@ requeued SLURM/submitit job re-runs in the same dir) is resumed automatically.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,10 +25,12 @@ import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from attnexp.errors import ConfigError
+from attnexp.results import RunDir, rundir
 
-CHECKPOINT_DIR = "checkpoints"
-LAST = "last.ckpt"
-HYDRA_DIR = ".hydra"
+# The run dir layout lives in attnexp.results.RunDir (these names stay for callers).
+CHECKPOINT_DIR = rundir.CHECKPOINT_DIR
+LAST = rundir.LAST_CHECKPOINT
+HYDRA_DIR = rundir.HYDRA_DIR
 
 #: Override keys allowed together with ``resume=<run dir>`` (prefix match).
 RESUME_OVERRIDABLE = (
@@ -67,7 +68,7 @@ class ResumePlan:
 
 
 def _is_run_dir(path: Path) -> bool:
-    return (path / HYDRA_DIR / "config.yaml").is_file()
+    return RunDir(path).has_config()
 
 
 def locate(target: str | Path) -> tuple[Path | None, Path]:
@@ -113,13 +114,7 @@ def checkpoint_position(ckpt: Path) -> tuple[int, int]:
 
 
 def previous_status(run_dir: Path) -> str | None:
-    path = run_dir / "metrics.json"
-    if not path.is_file():
-        return None
-    try:
-        return json.loads(path.read_text()).get("status")
-    except (OSError, ValueError):
-        return "unreadable"
+    return RunDir(run_dir).status()
 
 
 def _override_key(override: str) -> str:
@@ -127,7 +122,7 @@ def _override_key(override: str) -> str:
 
 
 def _original_hydra(run_dir: Path) -> dict[str, Any] | None:
-    path = run_dir / HYDRA_DIR / "hydra.yaml"
+    path = RunDir(run_dir).hydra_file
     if not path.is_file():
         return None
     hc = OmegaConf.load(path).hydra
@@ -136,6 +131,10 @@ def _original_hydra(run_dir: Path) -> dict[str, Any] | None:
         "choices": {k: v for k, v in choices.items() if not k.startswith("hydra/")},
         "overrides": list(OmegaConf.to_container(hc.overrides.task, resolve=False)),
         "job_num": hc.job.get("num"),
+        # a job's dir is <sweep dir>/<job num>; hydra.yaml keeps sweep.dir unresolved
+        "sweep_dir": str(Path(hc.runtime.output_dir).parent)
+        if str(hc.get("mode")) == "MULTIRUN"
+        else None,
     }
 
 
@@ -187,14 +186,14 @@ def plan(cfg: DictConfig, overrides: list[str] | None = None) -> ResumePlan | No
             f"these overrides would change the run and are not allowed: {' '.join(refused)}. Allowed with "
             f"resume: {', '.join(RESUME_OVERRIDABLE)}. To train a variant, start a new run instead."
         )
-    original = OmegaConf.load(run_dir / HYDRA_DIR / "config.yaml")
+    original = OmegaConf.load(RunDir(run_dir).config_file)
     applied = _apply_overrides(original, overrides)
     with open_dict(original):
         original.paths.output_dir = str(run_dir)
         original.resume = str(target)
     status = previous_status(run_dir)
     if status == "completed":
-        done = int(json.loads((run_dir / "metrics.json").read_text()).get("epochs") or 0)
+        done = int(RunDir(run_dir).read_record().epochs or 0)
         max_epochs = int(original.trainer.get("max_epochs") or -1)
         max_steps = int(original.trainer.get("max_steps") or -1)
         more = max_epochs > done if max_steps < 0 else max_steps > step
