@@ -1,13 +1,44 @@
-"""A LightningDataModule over in-memory uint8 splits (synthetic, CIFAR, small folders)."""
+"""A LightningDataModule over in-memory uint8 splits (synthetic, CIFAR, small folders), and
+the evaluation sampler that shards a split over DDP ranks without padding.
+
+Under DDP each rank reads its own shard: training shards are cut to equal length (every rank
+runs the same number of steps), evaluation shards cover every image exactly once (a
+``DistributedSampler`` would pad the last batch with repeated images and bias the error).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import itertools
+from collections.abc import Iterator, Sequence
 
 import lightning as L
 import torch
+from torch.utils.data import DistributedSampler
 
-from attnexp.data.memory import BatchAugment, InMemoryLoader
+from attnexp.data.memory import BatchAugment, InMemoryLoader, shard_size, shard_slice
+
+
+class ExactShardSampler(DistributedSampler):
+    """Evaluation sampler for DDP: rank r reads indices r, r+N, r+2N, ... of the split, so the
+    ranks together read every index exactly once (no padding, no dropped tail).
+
+    A ``DistributedSampler`` subclass so Lightning leaves it in place instead of inserting its
+    own (padding) one. Shards differ in length by at most one: fine for evaluation, where no
+    collective runs per batch and the metrics sum their counts over ranks at the end.
+    """
+
+    def __init__(self, size: int, num_replicas: int, rank: int) -> None:
+        super().__init__(range(size), num_replicas=num_replicas, rank=rank, shuffle=False)
+        self.size = size
+        self.num_samples = shard_size(size, num_replicas, rank)
+        self.total_size = size
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(range(self.size)[shard_slice(self.size, self.num_replicas, self.rank)])
+
+    def __len__(self) -> int:
+        return self.num_samples
+
 
 #: Where the uint8 splits live while training: on the trainer's device (no host-to-device
 #: copies at all) or in host memory (each batch copied; for data larger than GPU memory).
@@ -100,6 +131,7 @@ class InMemoryDataModule(L.LightningDataModule):
                 device=device,
                 num_replicas=world,
                 rank=rank,
+                shard="even" if train else "exact",
             )
         return self._loaders[split]
 
@@ -109,6 +141,15 @@ class InMemoryDataModule(L.LightningDataModule):
         if trainer is not None:  # Lightning also calls loader.sampler.set_epoch per epoch
             loader.set_epoch(trainer.current_epoch)
         return loader
+
+    def train_batches(
+        self, epoch: int, count: int | None = None
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """The first ``count`` training batches of ``epoch`` (this rank's shard), drawn from a
+        private copy of the loader: the training loader's epoch and position stay untouched
+        (precise BN reads extra training batches this way)."""
+        batches = self._loader("train").detached(epoch)
+        return itertools.islice(batches, count) if count is not None else iter(batches)
 
     def val_dataloader(self) -> InMemoryLoader:
         return self._loader("val")

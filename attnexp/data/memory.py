@@ -9,7 +9,7 @@ broadcast mask.
 
 Randomness comes only from (seed, epoch, batch index): the shuffle from (seed, epoch), the
 augmentation of batch b from (seed, epoch, b, rank). So an epoch is the same whether or not the
-run was interrupted, and the loader resumes mid-epoch exactly from its ``state_dict``
+run was interrupted, each rank of a DDP run has its own augmentation stream fixed by the seed, and the loader resumes mid-epoch exactly from its ``state_dict``
 (Lightning saves it in checkpoints because the loader implements the ``state_dict`` /
 ``load_state_dict`` protocol). Streams differ between CPU and CUDA generators: a run is
 reproducible on the same kind of device.
@@ -119,6 +119,23 @@ def mix_seed(*parts: int) -> int:
     return int(state) >> 1
 
 
+#: How an epoch is split over DDP ranks (see :class:`InMemoryLoader`).
+SHARD_MODES = ("even", "exact")
+
+
+def shard_slice(n: int, replicas: int, rank: int, mode: str = "exact") -> slice:
+    """The positions of an epoch's order of ``n`` items that ``rank`` of ``replicas`` takes:
+    every ``replicas``-th from ``rank`` on, never padded; ``even`` first cuts the order to
+    a multiple of ``replicas`` so all ranks get the same count."""
+    end = (n // replicas) * replicas if mode == "even" else n
+    return slice(rank, end, replicas)
+
+
+def shard_size(n: int, replicas: int, rank: int, mode: str = "exact") -> int:
+    """How many of ``n`` items ``rank`` gets under :func:`shard_slice`."""
+    return len(range(n)[shard_slice(n, replicas, rank, mode)])
+
+
 class _EpochSetter:
     """Found by Lightning as ``loader.sampler``: its fit loop calls ``set_epoch`` on it."""
 
@@ -136,8 +153,14 @@ class InMemoryLoader:
     the CPU while ``device`` is a GPU (each uint8 batch is copied before augmentation), or
     on ``device`` itself (the default of :class:`InMemoryDataModule`: no copies at all).
     With ``num_replicas > 1`` (DDP) each rank takes every ``num_replicas``-th index of the
-    shared permutation, padded by wrapping so all ranks get the same number of samples (as
-    ``DistributedSampler`` does).
+    epoch's shared permutation, never padding (a padded shard repeats images):
+
+    * ``shard="even"`` (training): the epoch is cut to a multiple of ``num_replicas`` first,
+      so every rank runs the same number of steps (DDP needs that); the < N images left
+      over differ from epoch to epoch because the order is reshuffled.
+    * ``shard="exact"`` (evaluation): every image exactly once over all ranks; the shards
+      differ by at most one image, so an error computed from the summed counts is the
+      error over exactly the split, as in one process.
     """
 
     def __init__(
@@ -154,6 +177,7 @@ class InMemoryLoader:
         device: torch.device | str | None = None,
         num_replicas: int = 1,
         rank: int = 0,
+        shard: str = "even",
     ) -> None:
         if images.dtype != torch.uint8 or images.ndim != 4:
             raise ValueError(
@@ -167,12 +191,14 @@ class InMemoryLoader:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if not 0 <= rank < num_replicas:
             raise ValueError(f"rank {rank} outside 0..{num_replicas - 1}")
+        if shard not in SHARD_MODES:
+            raise ValueError(f"shard must be one of {SHARD_MODES}, got {shard!r}")
         self.images, self.labels = images, labels
         self.batch_size = batch_size
         self.shuffle, self.drop_last = shuffle, drop_last
         self.augment = augment or BatchAugment()
         self.seed = int(seed)
-        self.num_replicas, self.rank = num_replicas, rank
+        self.num_replicas, self.rank, self.shard = num_replicas, rank, shard
         std_t = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
         mean_t = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
         # (x / 255 - mean) / std == x * scale - shift, fused into one pass over the batch.
@@ -200,8 +226,7 @@ class InMemoryLoader:
     @property
     def num_samples(self) -> int:
         """Samples this rank sees per epoch."""
-        n = self.labels.numel()
-        return -(-n // self.num_replicas) if self.num_replicas > 1 else n
+        return shard_size(self.labels.numel(), self.num_replicas, self.rank, self.shard)
 
     def __len__(self) -> int:
         n = self.num_samples
@@ -236,12 +261,7 @@ class InMemoryLoader:
             order = torch.randperm(n, device=store, generator=gen)
         else:
             order = torch.arange(n, device=store)
-        if self.num_replicas > 1:
-            total = self.num_samples * self.num_replicas
-            if total > n:
-                order = torch.cat([order, order[: total - n]])
-            order = order[self.rank :: self.num_replicas]
-        return order
+        return order[shard_slice(n, self.num_replicas, self.rank, self.shard)]
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         # A generator: nothing runs until the first next(), i.e. after Lightning's set_epoch.

@@ -174,6 +174,16 @@ def estimate_stats(
     return channel_stats(torch.stack(images))
 
 
+def eval_sampler(datamodule: L.LightningDataModule, size: int) -> Sampler[int] | None:
+    """None (sequential) in one process; an :class:`ExactShardSampler` under DDP."""
+    from attnexp.data.datamodule import ExactShardSampler
+
+    trainer = getattr(datamodule, "trainer", None)
+    if trainer is None or trainer.world_size <= 1:
+        return None
+    return ExactShardSampler(size, trainer.world_size, trainer.global_rank)
+
+
 class StreamingDataModule(L.LightningDataModule):
     """Train/val/test file lists read by DataLoader workers (pinned memory, persistent)."""
 
@@ -252,8 +262,8 @@ class StreamingDataModule(L.LightningDataModule):
             self._loaders[split] = DataLoader(
                 dataset,
                 batch_size=self.batch_size if train else self.eval_batch_size,
-                # eval: the default sequential sampler (Lightning reads any other as shuffled)
-                sampler=EpochSampler(len(dataset), self.seed) if train else None,
+                # eval: sequential; under DDP each image on exactly one rank (no padding)
+                sampler=EpochSampler(len(dataset), self.seed) if train else eval_sampler(self, len(dataset)),
                 num_workers=workers,
                 collate_fn=self.train_collate if train else self.eval_collate,
                 pin_memory=self._pin(),

@@ -57,6 +57,21 @@ class _KeepingWriter(ExperimentWriter):
         os.replace(tmp, path)
         self.metrics_keys = sorted(fields)
 
+    def save(self) -> None:
+        """Lightning's save, after taking in the columns already in the file: a writer that
+        was copied into other processes (``ddp_spawn`` pickles the logger into its workers
+        for fit and again for test) does not know the columns they added, and appending
+        test rows with only its own header raised ``dict contains fields not in fieldnames``."""
+        path = Path(self.metrics_file_path)
+        if self.metrics and path.is_file():
+            with open(path, newline="") as fh:
+                on_disk = next(csv.reader(fh), [])
+            merged = sorted(set(on_disk) | set(self.metrics_keys))
+            if merged != on_disk:
+                self._rewrite_with_new_header(merged)
+            self.metrics_keys = merged
+        super().save()
+
 
 def _row_before(row: Mapping[str, str], epoch: int, step: int) -> bool:
     """A row logged before a checkpoint taken at (``epoch``, ``step``)."""
@@ -205,6 +220,12 @@ class WandbLogger(_LightningWandbLogger):
         if self._experiment is None:
             import wandb
 
+            attach_id = getattr(self, "_attach_id", None)
+            if attach_id is not None and hasattr(wandb, "_attach"):
+                # A copy in a ddp_spawn worker: join the run the main process started (one
+                # wandb run per training, not one per process).
+                self._experiment = wandb._attach(attach_id)
+                return self._experiment
             if wandb.run is not None:  # a previous run of this process (sweep) was left open
                 wandb.finish()
             self._experiment = self._start()

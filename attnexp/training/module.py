@@ -160,13 +160,22 @@ class ClassificationModule(L.LightningModule):
 
     # -- epoch ends ------------------------------------------------------------------------
     def _log_epoch(self, split: str) -> None:
+        # Under DDP, compute() already sums the counts and weighted losses of every rank
+        # (torchmetrics syncs on compute), so each rank holds the value over the whole split.
+        # Lightning's own sync_dist would average per-rank *means* (wrong with unequal eval
+        # shards); reducing the identical values with max instead is exact and keeps the
+        # logged value declared as synced.
+        synced = {"sync_dist": True, "reduce_fx": "max"}
         loss = self.metrics[f"{split}_loss"]
-        self.log(f"{split}/loss", loss.compute())
+        self.log(f"{split}/loss", loss.compute(), **synced)
         loss.reset()
         for k in (1, 5):
             metric = self.metrics[f"{split}_top{k}"]
             self.log(
-                f"{split}/top{k}_err", metric.compute(), prog_bar=(k == 1 and split != "train")
+                f"{split}/top{k}_err",
+                metric.compute(),
+                prog_bar=(k == 1 and split != "train"),
+                **synced,
             )
             metric.reset()
 

@@ -13,13 +13,17 @@ The recomputation runs at the start of every validation during ``fit``, so valid
 best-checkpoint choice and the checkpoints themselves (and hence the final test on the best
 checkpoint) use the recomputed statistics. Training is unaffected (tested bit for bit): the
 training step normalises with batch statistics, the running ones are only read in evaluation,
-and the batches come from a private copy of the in-memory loader. Only the in-memory data
-path is supported; a streaming DataLoader is refused with a ConfigError.
+and the batches come from the datamodule's ``train_batches(epoch, count)`` (a private copy of
+the in-memory loader). A datamodule without that method (the streaming path) is refused with
+a ConfigError: a second pass over a DataLoader would shift the training run's batches.
+
+Under DDP each rank estimates the statistics on ``num_batches`` batches of its own shard, and
+the ranks then average them: the mean of the batch means, and E[x^2] - E[x]^2 for the
+variance (as pycls does), so every rank validates, and rank 0 checkpoints, the same numbers.
 """
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Iterable
 from typing import Any
 
@@ -27,7 +31,6 @@ import lightning as L
 import torch
 from torch import nn
 
-from attnexp.data.memory import InMemoryLoader
 from attnexp.errors import ConfigError
 
 #: Epoch offset for the private copy of an in-memory loader: its crops and flips differ from
@@ -69,6 +72,20 @@ def recompute_bn_stats(model: nn.Module, inputs: Iterable[torch.Tensor]) -> int:
     return count
 
 
+@torch.no_grad()
+def average_bn_stats(model: nn.Module, strategy: Any) -> None:
+    """Average the BN statistics over DDP ranks: mean of the means, and the variance of the
+    pooled data as E[x^2] - E[x]^2 (each rank used the same number of batches)."""
+    for m in batch_norms(model):
+        if m.running_mean is None or m.running_var is None:
+            continue
+        second = m.running_var + m.running_mean**2
+        mean = strategy.reduce(m.running_mean.clone(), reduce_op="mean")
+        second = strategy.reduce(second, reduce_op="mean")
+        m.running_mean.copy_(mean)
+        m.running_var.copy_((second - mean**2).clamp_min(0))
+
+
 class PreciseBN(L.Callback):
     """Recompute BN statistics over ``num_batches`` training batches before each validation.
 
@@ -84,18 +101,16 @@ class PreciseBN(L.Callback):
         self.last_count = 0
 
     def _training_batches(self, trainer: L.Trainer) -> Iterable[Any]:
-        # The loader the fit loop uses (asking the datamodule again would reset its epoch).
-        loader = trainer.train_dataloader
-        if not isinstance(loader, InMemoryLoader):
+        datamodule = trainer.datamodule
+        if not hasattr(datamodule, "train_batches"):
             # A second pass over a streaming DataLoader changed the next epoch's batches in
             # our tests, i.e. it would change training; refuse rather than do that silently.
             raise ConfigError(
                 "callbacks.precise_bn needs the in-memory data path (data.in_memory=true, or "
-                f"synthetic/cifar data); the training loader here is {type(loader).__name__}. "
+                f"synthetic/cifar data); the datamodule here is {type(datamodule).__name__}. "
                 "Disable it with callbacks.precise_bn.enabled=false"
             )
-        batches = loader.detached(_EPOCH_OFFSET + trainer.current_epoch)
-        return itertools.islice(batches, self.num_batches)
+        return datamodule.train_batches(_EPOCH_OFFSET + trainer.current_epoch, self.num_batches)
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._training_batches(trainer)  # refuse an unsupported loader before the first step
@@ -112,6 +127,8 @@ class PreciseBN(L.Callback):
         # must not shift the run's randomness) and the run's precision (autocast).
         with torch.random.fork_rng(devices=[]), trainer.strategy.precision_plugin.forward_context():
             self.last_count = recompute_bn_stats(model, inputs)
+        if trainer.world_size > 1:
+            average_bn_stats(model, trainer.strategy)
 
     @staticmethod
     def _forward_inputs(pl_module: L.LightningModule, batch: Any) -> torch.Tensor:

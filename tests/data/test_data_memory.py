@@ -155,10 +155,16 @@ def test_mid_epoch_resume_is_exact() -> None:
 
 
 def test_replicas_partition_an_epoch() -> None:
+    """Training shards: equal length, disjoint (the 50 % 3 = 2 left over are dropped, other
+    ones each epoch); evaluation shards: every image exactly once, no padding."""
     shards = [make_loader(num_replicas=3, rank=r, augment=None) for r in range(3)]
     labels = [_epoch(s)[1] for s in shards]
-    assert {len(lab) for lab in labels} == {17}  # ceil(50 / 3), padded by wrapping
-    assert set(torch.cat(labels).tolist()) == set(range(50))
+    assert {len(lab) for lab in labels} == {16}
+    assert len(set(torch.cat(labels).tolist())) == 48  # disjoint
+    exact = [make_loader(num_replicas=3, rank=r, shard="exact", shuffle=False) for r in range(3)]
+    got = [_epoch(s)[1] for s in exact]
+    assert [len(g) for g in got] == [17, 17, 16]
+    assert sorted(torch.cat(got).tolist()) == list(range(50))
 
 
 def test_cpu_storage_gives_the_same_batches() -> None:
