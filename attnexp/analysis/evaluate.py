@@ -20,7 +20,6 @@ import json
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -108,9 +107,16 @@ def expand_targets(targets: Sequence[str | Path], which: str = "best") -> list[P
 
 
 # -- the config: the run's own, plus the command line -------------------------------------
-def _groups() -> set[str]:
-    root = resources.files("attnexp.conf")
-    return {p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("_")}
+def _is_group(key: str) -> bool:
+    """Whether ``key`` is a config group (files in conf/ or nodes of the zoo's ConfigStore)."""
+    from hydra import initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+
+    if "." in key or "/" in key:
+        return False
+    GlobalHydra.instance().clear()
+    with initialize_config_module(config_module="attnexp.conf", version_base="1.3"):
+        return bool(GlobalHydra.instance().config_loader().get_group_options(key))
 
 
 #: Groups whose options are `_global_` presets: they change how a run trains, not what to
@@ -126,7 +132,6 @@ def apply_overrides(cfg: DictConfig, overrides: Sequence[str]) -> DictConfig:
     if not overrides:
         return cfg
     parsed = OverridesParser.create().parse_overrides(list(overrides))
-    groups = _groups()
     cfg = cfg.copy()
     for item, override in zip(overrides, parsed, strict=True):
         key = override.key_or_group
@@ -138,7 +143,7 @@ def apply_overrides(cfg: DictConfig, overrides: Sequence[str]) -> DictConfig:
                 f"recorded config. Override what to evaluate on: data=<dataset>, data.<key>=..., "
                 f"trainer.accelerator=..."
             )
-        if key in groups and "." not in key:
+        if _is_group(key):
             from attnexp.compose import compose_config
 
             node = compose_config([item]).get(key)
@@ -187,7 +192,7 @@ def checkpoint_weights(checkpoint: Path) -> dict[str, torch.Tensor]:
     except Exception as err:  # truncated, not a torch file, written by a newer torch
         raise ConfigError(
             f"{checkpoint}: cannot read the checkpoint ({type(err).__name__}: {err}); the file "
-            f"is corrupt or incomplete (try which=last or another run)"
+            f"is corrupt or incomplete (evaluate another one: which=best|last, or a .ckpt path)"
         ) from None
     state = blob.get("state_dict") if isinstance(blob, Mapping) else None
     if not isinstance(state, Mapping):
@@ -345,7 +350,10 @@ def evaluate(
 def results_table(results: Sequence[EvalResult]) -> Any:
     """The evaluations as an attnexp-table :class:`PaperTable` (same grouping and columns as
     ``attnexp-table``; the test columns hold the new evaluation)."""
+    import dataclasses
+
     from attnexp.analysis.table import build_table, collect
+    from attnexp.results import RunRecord
 
     runs = []
     for result in results:
@@ -353,15 +361,15 @@ def results_table(results: Sequence[EvalResult]) -> Any:
         if not found:
             continue
         run = found[0]
-        record = dict(run.record)
-        record["test"] = {
-            **(record.get("test") or {}),
-            "top1_err": result.top1_err,
-            "top5_err": result.top5_err,
-            "loss": result.loss,
-            "checkpoint_file": result.checkpoint.name,
-        }
-        record["status"] = "completed"
+        record = run.record if run.record is not None else RunRecord()
+        record.test = dataclasses.replace(
+            record.test,
+            top1_err=result.top1_err,
+            top5_err=result.top5_err,
+            loss=result.loss,
+            checkpoint_file=result.checkpoint.name,
+        )
+        record.status = "completed"
         run.record, run.status = record, "completed"
         runs.append(run)
     return build_table(runs, metric="test")
