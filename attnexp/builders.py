@@ -54,7 +54,9 @@ def build_backbone(cfg: DictConfig, pretrained: bool = True) -> nn.Module:
     ``pretrained=False`` (attnexp-eval: the checkpoint holds every weight)."""
     from attnexp.models import build_model
     from attnexp.models.pretrained import initialise_placed, load_pretrained
+    from attnexp.plugins import import_user_code
 
+    import_user_code(cfg.get("imports"))  # user modules (a sweep worker, a rebuilt run)
     model_cfg = dict(to_dict(cfg.model))
     name = model_cfg.pop("name")
     source = model_cfg.pop("pretrained", None)

@@ -23,7 +23,10 @@ def compose_config(
     Outside a Hydra app the run directory cannot come from Hydra, so pass ``output_dir``
     when the config will be trained.
     """
+    from attnexp.plugins import load_imports
+
     register_resolvers()
+    load_imports(list(overrides or []))  # user modules named by attention=... must exist
     GlobalHydra.instance().clear()
     with initialize_config_module(config_module="attnexp.conf", version_base="1.3"):
         cfg = compose(config_name="train", overrides=list(overrides or []))
