@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEV_STAMP := $(VENV)/.installed-dev
 
-.PHONY: demo test test-all lint format bench clean-venv
+.PHONY: demo test test-essential test-all lint format bench clean-venv
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -25,11 +25,15 @@ demo: $(STAMP)
 	$(BIN)/attnexp-train -m experiment=demo
 	$(BIN)/attnexp-table outputs/demo/multirun --latest
 
-## test: the default test suite (slow and GPU tests excluded)
+## test: the default test suite (slow, essential and GPU tests excluded; budget 15 min on 2 cores)
 test: $(DEV_STAMP)
 	$(BIN)/python -m pytest
 
-## test-all: also the slow tests
+## test-essential: checks that guard the numbers but take minutes (CI's second stage, after test)
+test-essential: $(DEV_STAMP)
+	$(BIN)/python -m pytest -m "essential and not gpu"
+
+## test-all: also the slow and essential tests
 test-all: $(DEV_STAMP)
 	$(BIN)/python -m pytest -m "not gpu"
 

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from hypothesis import settings
+from hypothesis.database import DirectoryBasedExampleDatabase
 from omegaconf import DictConfig
 
 from attnexp.compose import compose_config
@@ -21,6 +23,15 @@ os.environ.setdefault("WANDB_SILENT", "true")
 # Tiny tensors: one thread is faster, and avoids oversubscription when tests spawn processes.
 torch.set_num_threads(1)
 register_resolvers()
+
+# Property tests: examples that once failed are replayed first; the database lives outside
+# the repo (a checkout stays clean, every clone on a machine shares it).
+settings.register_profile(
+    "attnexp",
+    database=DirectoryBasedExampleDatabase(Path.home() / ".cache" / "attnexp-hypothesis"),
+    deadline=None,
+)
+settings.load_profile("attnexp")
 
 
 @pytest.fixture
