@@ -142,7 +142,9 @@ def test_sync_bn_is_refused_on_cpu_ddp(make_cfg) -> None:
             [],
         )
     # one process without DDP: nothing to synchronise, no conversion, no error
-    build_trainer(make_cfg("training.sync_bn=true", "trainer.accelerator=cpu"), [], [])
+    trainer = build_trainer(make_cfg("training.sync_bn=true", "trainer.accelerator=cpu"), [], [])
+    assert trainer.world_size == 1 and type(trainer.strategy).__name__ == "SingleDeviceStrategy"
+    assert getattr(trainer.strategy, "_layer_sync", None) is None  # Lightning's SyncBN hook
 
 
 @pytest.mark.gpu

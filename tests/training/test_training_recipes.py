@@ -37,11 +37,12 @@ def test_he2016_decays_at_32k_and_48k_iterations_and_stops_at_64k() -> None:
         assert [lr(s) for s in (0, 31999, 32000, 47999, 48000, 63999)] == pytest.approx(
             [1.0, 1.0, 0.1, 0.1, 0.01, 0.01]
         )
-    # The arithmetic documented in the recipe: 64k iterations = 181.8 epochs on 45k images
-    # (the paper's split), 163.7 on the full 50k.
-    assert 64000 / math.ceil(45000 / 128) == pytest.approx(181.8, abs=0.05)
-    assert 64000 / math.ceil(50000 / 128) == pytest.approx(163.7, abs=0.05)
-    assert pytest.approx(182.0, abs=0.05) == 64000 * 128 / 45000
+    # The epochs the recipe's comment documents, from the composed values: decays at 90.9
+    # and 136.4 epochs and the end at 181.8 on the 45k split, 81.8 / 122.8 / 163.7 on 50k.
+    marks = [*cfg.scheduler.milestones, cfg.trainer.max_steps]
+    for images, epochs in ((45000, [90.9, 136.4, 181.8]), (50000, [81.8, 122.8, 163.7])):
+        per_epoch = math.ceil(images / cfg.data.batch_size)
+        assert [m / per_epoch for m in marks] == pytest.approx(epochs, abs=0.05)
 
 
 def test_imagenet_recipe_steps_at_30_60_80_and_scales_lr() -> None:

@@ -63,9 +63,23 @@ def test_callback_logs_images_to_wandb_logger(runs: dict[str, Path], tmp_path: P
     assert callback.saved == tmp_path / "maps-1.png"  # never replaces a file
 
 
-def test_callback_is_quiet_without_wandb_or_path() -> None:
-    trainer = SimpleNamespace(loggers=[], is_global_zero=True)
-    AttentionMapLogger().on_train_end(trainer, None)  # type: ignore[arg-type]
+def test_callback_is_quiet_without_wandb_or_path(tmp_path: Path) -> None:
+    """No wandb logger and no save path (or not rank 0): nothing is drawn at all."""
+
+    class Spy(AttentionMapLogger):
+        rendered = 0
+
+        def render(self, trainer: Any, pl_module: Any) -> dict[str, Any]:
+            Spy.rendered += 1
+            return {}
+
+    Spy().on_train_end(SimpleNamespace(loggers=[], is_global_zero=True), None)  # type: ignore[arg-type]
+    rank1 = SimpleNamespace(loggers=[RecordingWandb()], is_global_zero=False)
+    Spy(save_path=str(tmp_path / "m.png")).on_train_end(rank1, None)  # type: ignore[arg-type]
+    assert Spy.rendered == 0
+    rank0 = SimpleNamespace(loggers=[], is_global_zero=True)
+    Spy(save_path=str(tmp_path / "m.png")).on_train_end(rank0, None)  # type: ignore[arg-type]
+    assert Spy.rendered == 1  # the spy does count: with a path, rank 0 draws
 
 
 def test_sweep_table() -> None:
