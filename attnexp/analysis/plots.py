@@ -1,8 +1,10 @@
 """Figures for tables (matplotlib, Agg backend: no display needed).
 
 ``bar_chart`` draws the paper table of :mod:`attnexp.analysis.table`: our top-1 error per row
-(mean with ± std error bars, n under each bar) and, when the sweep has baselines, the
-difference to the baseline with its Welch confidence interval beside the paper's difference.
+(mean with ± std error bars, n above each bar; the axis starts at zero, so bar heights
+compare) and, when the sweep has baselines, the difference to the baseline with its Welch
+confidence interval beside the paper's difference. Values and axis titles come from the
+table's column list (:mod:`attnexp.analysis.table.columns`), as in every other format.
 """
 
 from __future__ import annotations
@@ -25,7 +27,14 @@ def _pyplot():  # type: ignore[no-untyped-def]
 
 def bar_chart(table: PaperTable, path: str | Path, dpi: int = 150) -> Path:
     """Write a bar chart of ``table`` to ``path`` (PNG) and return the path."""
+    from attnexp.analysis.table.columns import column
+
     plt = _pyplot()
+    top1_col, delta_col, paper_col = (
+        column("top1_err"),
+        column("delta_top1"),
+        column("paper_delta_top1"),
+    )
     rows = table.rows
     labels = [r.label for r in rows]
     x = list(range(len(rows)))
@@ -35,16 +44,14 @@ def bar_chart(table: PaperTable, path: str | Path, dpi: int = 150) -> Path:
     fig, axes = plt.subplots(1, ncols, figsize=(width * ncols, 4.8), squeeze=False)
 
     ax = axes[0][0]
-    means = [r.top1.mean if r.top1.mean is not None else 0.0 for r in rows]
-    stds = [r.top1.std or 0.0 for r in rows]
+    stats = [top1_col.value(r) for r in rows]
+    means = [s.mean if s.mean is not None else 0.0 for s in stats]
+    stds = [s.std or 0.0 for s in stats]
     colors = ["0.55" if r.is_baseline else "tab:blue" for r in rows]
     ax.bar(x, means, yerr=stds, capsize=4, color=colors)
-    valid = [(m, s) for m, s, r in zip(means, stds, rows) if r.top1.mean is not None]
-    low = min((m - s for m, s in valid), default=0.0)
-    high = max((m + s for m, s in valid), default=1.0)
-    pad = max(0.5, 0.15 * (high - low))
-    bottom = max(0.0, low - pad)
-    ax.set_ylim(bottom, high + 2 * pad)
+    high = max((m + s for m, s in zip(means, stds)), default=0.0) or 1.0
+    bottom = 0.0  # error rates are compared by bar height: never cut the axis
+    ax.set_ylim(bottom, high * 1.15)
     for i, (r, m, s) in enumerate(zip(rows, means, stds)):
         text = f"n={r.n}" if r.top1.mean is not None else "no result"
         if r.problems:
@@ -60,8 +67,7 @@ def bar_chart(table: PaperTable, path: str | Path, dpi: int = 150) -> Path:
             color="red" if r.problems or r.top1.mean is None else "black",
         )
     what = "test" if table.metric == "test" else "val"
-    datasets = ", ".join(table.datasets)
-    ax.set_ylabel(f"top-1 {what} error (%)" + (f", {datasets}" if datasets else ""))
+    ax.set_ylabel(f"{top1_col.header(table)} ({what})")
     ax.set_title("ours: mean ± std over seeds")
     ax.set_xticks(x, labels, rotation=35, ha="right", fontsize=8)
 
@@ -69,7 +75,8 @@ def bar_chart(table: PaperTable, path: str | Path, dpi: int = 150) -> Path:
         ax = axes[0][1]
         pct = int(round(table.confidence * 100))
         deltas = [
-            r.delta_top1 if r.delta_top1 is not None and not r.is_baseline else 0.0 for r in rows
+            delta_col.value(r) if delta_col.value(r) is not None and not r.is_baseline else 0.0
+            for r in rows
         ]
         lower = [d - r.ci.low if r.ci else 0.0 for d, r in zip(deltas, rows)]
         upper = [r.ci.high - d if r.ci else 0.0 for d, r in zip(deltas, rows)]
@@ -84,7 +91,7 @@ def bar_chart(table: PaperTable, path: str | Path, dpi: int = 150) -> Path:
             label=f"ours ({pct}% Welch CI)",
         )
         if table.references:
-            paper = [r.ref_delta_top1 if r.ref_delta_top1 is not None else 0.0 for r in rows]
+            paper = [paper_col.value(r) if paper_col.value(r) is not None else 0.0 for r in rows]
             names = ", ".join(sorted({ref.dataset for ref in table.references}))
             ax.bar(
                 [i + shift for i in x],
@@ -94,7 +101,7 @@ def bar_chart(table: PaperTable, path: str | Path, dpi: int = 150) -> Path:
                 label=f"paper ({names})",
             )
         ax.axhline(0.0, color="black", linewidth=0.8)
-        ax.set_ylabel("Δ top-1 error vs baseline (points)")
+        ax.set_ylabel(f"{delta_col.header(table)} error vs baseline (points)")
         ax.set_title("difference to the baseline row")
         ax.set_xticks(x, labels, rotation=35, ha="right", fontsize=8)
         ax.legend(fontsize=8)

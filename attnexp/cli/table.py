@@ -3,6 +3,7 @@
     attnexp-table outputs/cbam_table3_cifar/multirun --latest
     attnexp-table SWEEP_DIR [SWEEP_DIR ...] --out tables/cbam3 [--force]
     attnexp-table --wandb me/attnexp --group cbam_table3_cifar --out tables/cbam3
+    attnexp-table --wandb outputs/default/multirun/SWEEP --no-save   # offline wandb files
 
 Prints the table and writes table.md, table.csv, table.tex and plot.png next to the sweep
 (or into --out); existing files are never replaced without --force.
@@ -14,7 +15,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from attnexp.analysis.table import PaperTable, build_table, collect_wandb
+from attnexp.analysis.table import PaperTable, build_table, collect_wandb, collect_wandb_offline
 from attnexp.errors import ConfigError
 
 OUTPUT_FILES: tuple[str, ...] = ("table.md", "table.csv", "table.tex", "plot.png")
@@ -97,9 +98,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--wandb",
-        metavar="ENTITY/PROJECT",
+        metavar="ENTITY/PROJECT|DIR",
         default=None,
-        help="read runs from the wandb API instead of directories",
+        help="read runs from the wandb API (ENTITY/PROJECT) instead of run records, or from "
+        "the offline wandb files below DIR (wandb/offline-run-*/run-*.wandb)",
     )
     p.add_argument(
         "--group", default=None, help="with --wandb: the run group (e.g. the experiment name)"
@@ -122,7 +124,10 @@ def run(argv: list[str] | None = None) -> PaperTable:
             raise ConfigError(
                 "with --wandb, say where to write the files: --out DIR (or --no-save)"
             )
-        runs = collect_wandb(args.wandb, args.group, args.ignore)
+        if Path(args.wandb).is_dir():
+            runs = collect_wandb_offline(args.wandb, args.group, args.ignore)
+        else:
+            runs = collect_wandb(args.wandb, args.group, args.ignore)
         if not runs:
             raise ConfigError(f"no runs in wandb project {args.wandb!r} group {args.group!r}")
         table = build_table(runs, metric=args.metric, confidence=args.confidence)
@@ -151,6 +156,8 @@ def run(argv: list[str] | None = None) -> PaperTable:
     if not console.is_terminal:  # a pipe or a log file: as wide as the table, never cropped
         console = Console(width=Console(width=1000).measure(rich_table).maximum + 2)
     console.print(rich_table)
+    for warning in table.warnings:  # also in the footer; stderr so that logs show it
+        print(f"[attnexp-table] warning: {warning}", file=sys.stderr)
     if not args.no_save:
         assert out is not None
         written = write_outputs(table, out, force=args.force)

@@ -1,21 +1,27 @@
-"""attnexp-table on fabricated run records: grouping, baselines, the Welch interval, published
-numbers, flagged failures, refusal to overwrite, --latest, wandb offline."""
+"""attnexp-table on fabricated run records (grouping, baselines, the Welch interval, published
+numbers, flagged failures, mixing warnings, refusal to overwrite, --latest) and on a real
+offline wandb sweep read back from wandb's own files."""
 
 from __future__ import annotations
 
+import json
 import math
+import os
 import statistics
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from exp_support import write_run
+import yaml
+from exp_support import TINY, write_run
 from scipy import stats
 
-from attnexp.analysis.table import build_table, collect_wandb, welch_ci
+from attnexp.analysis.table import build_table, collect_wandb, collect_wandb_offline, welch_ci
+from attnexp.analysis.table.wandb import find_offline_runs, read_offline_run
 from attnexp.cli.table import OUTPUT_FILES, latest_sweep, run
 from attnexp.errors import ConfigError
+from attnexp.results import RunDir, write_metrics
 
 T3 = {
     "reference": "cbam_table3",
@@ -176,6 +182,77 @@ def test_adhoc_sweep_without_presets(tmp_path: Path) -> None:
     assert "paper" not in " ".join(table.columns())
 
 
+def test_mixed_datasets_backbones_and_recipes_are_flagged(tmp_path: Path, capsys) -> None:
+    sweep = tmp_path / "s"
+    for i, (att, top1) in enumerate([("none", 10.0), ("none", 11.0), ("se", 9.0), ("se", 9.5)]):
+        write_run(sweep / str(i), [f"attention={att}"], seed=i % 2, top1=top1)
+    assert build_table([sweep]).warnings == []  # one dataset, backbone and recipe
+    # a run of another dataset lands in the se row: flagged in that row and for the table
+    write_run(sweep / "4", ["attention=se"], seed=2, top1=5.0, dataset="imagefolder")
+    table = build_table([sweep])
+    row_warning, table_warning = table.warnings
+    assert "row 'se' averages runs of different datasets: cifar100; imagefolder" in row_warning
+    assert "mixes runs of different datasets" in table_warning and "'none'" in table_warning
+    assert "⚠ this table mixes runs of different datasets" in table.to_markdown()
+    run([str(sweep), "--no-save"])
+    assert "warning: row 'se' averages runs of different datasets" in capsys.readouterr().err
+    # backbones and recipes (epochs) likewise
+    other = tmp_path / "o"
+    write_run(other / "0", ["attention=none"], seed=0, top1=10.0)
+    write_run(other / "1", ["attention=se"], seed=0, top1=9.0)
+    record = RunDir(other / "1").read_record_dict()
+    record["model"] = "resnet56"
+    record["config"]["trainer"] = {"max_epochs": 5}
+    (other / "1" / "metrics.json").write_text(json.dumps(record))
+    text = " ".join(build_table([other]).warnings)
+    assert "different backbones: resnet20 (rows 'none'); resnet56 (rows 'se')" in text
+    assert "different recipes" in text and "epochs=5" in text
+
+
+def test_conv_and_extra_placements_keep_their_rows(tmp_path: Path) -> None:
+    """Runs started outside Hydra have no overrides: rows come from the full attention
+    description, so a conv module or an extra placement is not merged into the plain row."""
+    base = {"status": "completed", "seed": 0, "model": "resnet20", "dataset": "synthetic"}
+    configs = {
+        "plain": {"attention": {"name": "se"}},
+        "conv": {"attention": {"name": "se"}, "conv": {"name": "sk", "sites": ["conv2"]}},
+        "extra": {
+            "attention": {"name": "se"},
+            "extra_placements": [{"module": {"name": "bam"}, "position": "between_stages"}],
+        },
+    }
+    for name, config in configs.items():
+        for seed, top1 in enumerate((10.0, 11.0)):
+            record = {**base, "seed": seed, "attention": "se", "config": config}
+            write_metrics(tmp_path / name / str(seed), {**record, "test": {"top1_err": top1}})
+    table = build_table([tmp_path])
+    assert sorted(r.modules for r in table.rows) == [
+        "se",
+        "se + bam@between_stages",
+        "se + conv=sk[conv2]",
+    ]
+    assert all(r.n == 2 for r in table.rows)
+    assert "modules" in table.columns() and "conv=sk[conv2]" in table.to_markdown()
+    assert "se + conv=sk[conv2]" in {rec["modules"] for rec in table.records()}
+
+
+def test_one_column_list_drives_every_format(tmp_path: Path) -> None:
+    from attnexp.analysis.table import COLUMNS
+
+    table = build_table([_sweep(tmp_path)])
+    shown = [c for c in COLUMNS if c.human and c.show(table)]
+    assert table.columns() == [c.header(table) for c in shown]
+    header = table.to_markdown().splitlines()[2]
+    assert header == "| " + " | ".join(table.columns()) + " |"
+    tex_header = next(line for line in table.to_latex().splitlines() if "setting &" in line)
+    assert tex_header.count("&") == len(shown) - 1
+    rich = table.to_rich()
+    assert [c.header for c in rich.columns] == table.columns()
+    csv_header = table.to_csv().splitlines()[0].split(",")
+    assert csv_header == [f for c in COLUMNS for f in c.csv_fields()]
+    assert list(table.records()[0]) == csv_header
+
+
 def test_cli_writes_files_and_refuses_to_overwrite(tmp_path: Path, capsys) -> None:
     root = tmp_path / "outputs" / "cbam_table3_cifar"
     older = _sweep(root)
@@ -223,47 +300,70 @@ def test_wandb_offline_is_a_clear_error(tmp_path: Path, monkeypatch) -> None:
         run(["--wandb", "someone/attnexp", "--group", "g"])
 
 
-def test_wandb_runs_are_read_like_run_directories(monkeypatch) -> None:
-    import wandb
+# -- wandb: a real offline sweep, read back from wandb's own files ------------------------
+WANDB_SWEEP = ("optimizer.lr=0.1,0.05", "seed=0,1")
 
-    class FakeRun:
-        def __init__(self, i: int, variant: str, seed: int, top1: float, state: str = "finished"):
-            self.id, self.state = f"run{i}", state
-            self.summary = {"test/top1_err": top1, "test/top5_err": top1 / 4, "costs/params": 10}
-            table = {**T3, "row": variant, "label": LABELS[variant]}
-            self.config = {
-                "config": {
-                    "seed": seed,
-                    "model": {"name": "resnet164"},
-                    "attention": {"name": "cbam"},
-                    "data": {"name": "cifar100"},
-                    "table": table,
-                }
-            }
 
-        def file(self, name: str):
-            raise ValueError(f"{name} was not uploaded")
+@pytest.fixture(scope="module")
+def wandb_sweep(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``attnexp-train -m optimizer.lr=0.1,0.05 seed=0,1 logger=wandb`` (offline), as a
+    user runs it: 2 settings x 2 seeds, one process, real wandb files."""
+    cwd = tmp_path_factory.mktemp("wandb_sweep")
+    tiny = [o for o in TINY if not o.startswith("logger=")]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline"}
+    train = subprocess.run(
+        [sys.executable, "-m", "attnexp.cli.train", "-m", *WANDB_SWEEP, *tiny, "logger=wandb"],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert train.returncode == 0, train.stdout[-3000:] + train.stderr[-3000:]
+    (sweep,) = list((cwd / "outputs" / "default" / "multirun").iterdir())
+    return sweep
 
-    runs = [
-        FakeRun(0, "baseline", 0, 30.0),
-        FakeRun(1, "baseline", 1, 31.0),
-        FakeRun(2, "parallel", 0, 28.0),
-        FakeRun(3, "parallel", 1, 28.4),
-        FakeRun(4, "parallel", 2, 0.0, state="crashed"),
+
+@pytest.mark.essential
+def test_wandb_sweep_names_groups_and_tags(wandb_sweep: Path) -> None:
+    """Issue 19: one group per sweep, a name per job (swept values + seed), swept tags; the
+    same names in the CSV log's hparams and in metrics.json."""
+    runs = [read_offline_run(p) for p in find_offline_runs(wandb_sweep)]
+    assert len(runs) == 4 and all(r.state == "finished" for r in runs)
+    assert sorted(r.name for r in runs) == [
+        "lr=0.05,s0",
+        "lr=0.05,s1",
+        "lr=0.1,s0",
+        "lr=0.1,s1",
     ]
+    assert {r.group for r in runs} == {f"default/{wandb_sweep.name}"}
+    assert {r.job_type for r in runs} == {"train"}
+    for r in runs:
+        lr = r.name.split(",")[0].split("=")[1]
+        assert f"optimizer.lr={lr}" in r.tags and "resnet20" in r.tags
+        assert not any(t.startswith("seed") for t in r.tags)
+        assert r.config["optimizer"]["lr"] == float(lr)  # top-level config keys
+        assert f"optimizer.lr={lr}" in r.config["hydra"]["overrides"]
+    for job in sorted(p for p in wandb_sweep.iterdir() if p.name.isdigit()):
+        run = RunDir(job)
+        names = run.read_record().names
+        hparams = yaml.safe_load((run.csv_dir / "hparams.yaml").read_text())
+        assert hparams["run"]["name"] == names.name and names.name in {r.name for r in runs}
+        assert hparams["run"]["group"] == names.group == f"default/{wandb_sweep.name}"
 
-    class FakeApi:
-        def __init__(self, timeout: int | None = None) -> None:
-            pass
 
-        def runs(self, path: str, filters: dict | None = None) -> list[FakeRun]:
-            assert path == "me/attnexp" and filters == {"group": "cbam_table3_cifar"}
-            return runs
-
-    monkeypatch.setattr(wandb, "Api", FakeApi)
-    table = build_table(collect_wandb("me/attnexp", "cbam_table3_cifar"))
-    base, par = table.rows
-    assert base.label == LABELS["baseline"] and base.is_baseline
-    assert par.baseline is base and par.n == 2 and par.counts == {"completed": 2, "failed": 1}
-    assert par.delta_top1 == pytest.approx(28.2 - 30.5)
-    assert par.ref_row.top1_err == 22.95
+@pytest.mark.essential
+def test_wandb_collection_gives_the_rows_of_the_run_directories(wandb_sweep: Path) -> None:
+    """Issue 20: runs as attnexp logs them to wandb (top-level config + hydra.overrides),
+    collected with --wandb, give one row per lr (n=2 each), like their directories."""
+    offline = build_table(collect_wandb_offline(wandb_sweep))
+    on_disk = build_table([wandb_sweep])
+    assert [r.label for r in on_disk.rows] == ["0.1", "0.05"]
+    assert [r.label for r in offline.rows] == [r.label for r in on_disk.rows]
+    for a, b in zip(offline.rows, on_disk.rows):
+        assert a.n == b.n == 2 and a.setting == b.setting
+        assert a.top1.values == pytest.approx(b.top1.values)
+        assert a.params == b.params and a.macs == b.macs
+    assert collect_wandb_offline(wandb_sweep, group="other") == []
+    table = run(["--wandb", str(wandb_sweep), "--no-save"])
+    assert [r.n for r in table.rows] == [2, 2]
