@@ -1,4 +1,4 @@
-"""Training callbacks: weight EMA, dynamic-conv temperature annealing, pre-emption saves.
+"""Training callbacks: weight EMA, per-epoch module hooks, pre-emption saves.
 
 Each is enabled from ``conf/callbacks/default.yaml`` (``callbacks.<name>.enabled=true``).
 """
@@ -151,25 +151,26 @@ class EMA(L.Callback):
         self.weights = state_dict["weights"]
 
 
-class DynamicConvTemperature(L.Callback):
-    """Anneal the softmax temperature of every DynamicConv at each epoch start (Chen et al.
-    2020: linearly from ``start`` to ``end`` over the first ``epochs`` epochs, then ``end``).
+class ModuleEpochHooks(L.Callback):
+    """Call ``on_train_epoch_start(epoch, max_epochs)`` on every submodule that defines it.
 
-    Stateless: the temperature follows from the epoch, so a resumed run gets the same value.
+    The generic per-epoch hook: a module with a schedule of its own (dynamic convolution's
+    softmax temperature) keeps it in its own class, and training needs to know nothing
+    about it. A hook may return ``{name: value}`` to log (per epoch). Stateless: the values
+    follow from the epoch, so a resumed run gets the same ones. The LightningModule itself
+    is skipped (Lightning calls its own, argument-free hook of that name).
     """
 
-    def __init__(self, start: float = 30.0, end: float = 1.0, epochs: int = 10) -> None:
-        super().__init__()
-        self.start, self.end, self.epochs = float(start), float(end), int(epochs)
-        self.temperature: float | None = None
-
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        from attnexp.attention.branch import anneal_temperature
-
-        self.temperature = anneal_temperature(
-            _backbone(pl_module), trainer.current_epoch, self.start, self.end, self.epochs
-        )
-        pl_module.log("dyconv_temperature", self.temperature, on_step=False, on_epoch=True)
+        logged: dict[str, float] = {}
+        for module in pl_module.modules():
+            hook = getattr(module, "on_train_epoch_start", None)
+            if isinstance(module, L.LightningModule) or not callable(hook):
+                continue
+            values = hook(trainer.current_epoch, trainer.max_epochs)
+            logged.update(values or {})
+        for name, value in logged.items():
+            pl_module.log(name, value, on_step=False, on_epoch=True)
 
 
 class PreemptionCheckpoint(Checkpoint):

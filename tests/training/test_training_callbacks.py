@@ -11,7 +11,7 @@ from torch import nn
 from train_support import TINY, StepTrace, train_with
 
 from attnexp.run import train
-from attnexp.training.callbacks import EMA, DynamicConvTemperature
+from attnexp.training.callbacks import EMA, ModuleEpochHooks
 
 
 def test_ema_update_rule_and_eval_swap() -> None:
@@ -72,28 +72,31 @@ def test_ema_changes_evaluation_and_is_checkpointed(make_cfg, tmp_path, monkeypa
 def test_dynamic_conv_temperature_is_annealed_each_epoch() -> None:
     from attnexp.attention.branch import DynamicConv
 
-    model = nn.Sequential(DynamicConv(8, 8, 1), DynamicConv(8, 8, 2))
+    model = nn.Sequential(DynamicConv(8, 8, 1), DynamicConv(8, 8, 2, anneal_epochs=4))
     logged = {}
     pl_module = SimpleNamespace(
-        model=model, log=lambda name, value, **kw: logged.update({name: value})
+        modules=model.modules, log=lambda name, value, **kw: logged.update({name: value})
     )
-    callback = DynamicConvTemperature(start=30.0, end=1.0, epochs=10)
+    callback = ModuleEpochHooks()
     seen = []
     for epoch in (0, 5, 10, 20):
-        callback.on_train_epoch_start(SimpleNamespace(current_epoch=epoch), pl_module)
-        seen.append(callback.temperature)
-    assert seen == pytest.approx([30.0, 15.5, 1.0, 1.0])
+        trainer = SimpleNamespace(current_epoch=epoch, max_epochs=30)
+        callback.on_train_epoch_start(trainer, pl_module)
+        seen += [float(m.temperature) for m in model]
+    # the paper's 30 -> 1 over 10 epochs, and a module with its own 4-epoch schedule
+    assert seen == pytest.approx([30.0, 30.0, 15.5, 1.0, 1.0, 1.0, 1.0, 1.0])
     assert logged["dyconv_temperature"] == pytest.approx(1.0)
 
 
-def test_dynamic_conv_callback_is_enabled_from_the_config(make_cfg) -> None:
+def test_module_hooks_are_on_by_default(make_cfg) -> None:
     from attnexp.builders import build_callbacks
 
+    names = [type(c).__name__ for c in build_callbacks(make_cfg())]
+    assert "ModuleEpochHooks" in names and "EMA" not in names
     names = [
-        type(c).__name__
-        for c in build_callbacks(make_cfg("callbacks.dyconv_temperature.enabled=true"))
+        type(c).__name__ for c in build_callbacks(make_cfg("callbacks.module_hooks.enabled=false"))
     ]
-    assert "DynamicConvTemperature" in names and "EMA" not in names
+    assert "ModuleEpochHooks" not in names
 
 
 def test_bf16_mixed_channels_last_and_compile_run_on_cpu(make_cfg, monkeypatch) -> None:
