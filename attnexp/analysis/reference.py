@@ -1,4 +1,4 @@
-"""Published numbers (``reference.yaml``, transcribed from REFERENCE.md) for paper tables.
+"""Published numbers (``reference.yaml``, transcribed from the papers) for paper tables.
 
 >>> ref = reference_table("cbam_table3")
 >>> ref.row("parallel").top1_err
@@ -28,6 +28,8 @@ class ReferenceRow:
     top1_err: float | None
     top5_err: float | None
     params_m: float | None = None
+    #: False when our count of the architecture does not reproduce ``params_m``.
+    params_confirmed: bool | None = None
     note: str | None = None
 
 
@@ -55,6 +57,18 @@ class ReferenceTable:
         """Citation and table, e.g. for a table footer."""
         converted = " (published as accuracy; shown as 100 - acc)" if self.metric == "acc" else ""
         return f"{self.citation}, {self.table}: {self.setting}{converted}"
+
+
+#: How a published number was obtained (the same words as presets' ``table.protocol``).
+PROTOCOLS: tuple[str, ...] = ("from_scratch", "fine_tune")
+
+
+def _protocol(key: str, value: Any) -> str:
+    if value not in PROTOCOLS:
+        raise ValueError(
+            f"reference.yaml: {key}.protocol must be one of {PROTOCOLS}, got {value!r}"
+        )
+    return str(value)
 
 
 def _to_err(value: Any, metric: str) -> float | None:
@@ -91,6 +105,7 @@ def reference_table(key: str) -> ReferenceTable:
             top1_err=_to_err(rv.get("top1"), metric),
             top5_err=_to_err(rv.get("top5"), metric),
             params_m=rv.get("params_m"),
+            params_confirmed=rv.get("params_confirmed"),
             note=rv.get("note"),
         )
         for rk, rv in (entry.get("rows") or {}).items()
@@ -103,7 +118,7 @@ def reference_table(key: str) -> ReferenceTable:
         model=str(entry.get("model", "")),
         setting=str(entry.get("setting", "")),
         metric=metric,
-        protocol=str(entry.get("protocol", "from_scratch")),
+        protocol=_protocol(key, entry.get("protocol", "from_scratch")),
         baseline=entry.get("baseline"),
         rows=rows,
     )

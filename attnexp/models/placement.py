@@ -7,7 +7,7 @@ A placement (a dict in configs, :class:`Placement` in code)::
                                       # after_conv3 | after_add | identity | between_stages | conv
     stages: all                       # all | [1-based stage numbers]
     blocks: all                       # all | first | last | every_K | [0-based block indices]
-    stage_options: {kernel_size: [3, 5, 5, 7]}   # one value per stage of the model
+    stage_options: {kernel_size: [3, 5, 5, 7]}   # one value per stage (wins over module's)
     sites: [conv1, conv2]             # position conv only: which convs of each block
 
 * ``auto`` is the module's registry default (``after_conv3`` for gates, ``between_stages``
@@ -188,11 +188,9 @@ def parse_placement(raw: Placement | Mapping[str, Any], where: str = "placement"
                 f"{where}.stage_options.{key} must be a list with one value per stage, "
                 f"got {values!r}"
             )
-        if key in options:
-            raise ConfigError(
-                f"{where}: option {key!r} is given both in module and in stage_options; "
-                "keep one of them"
-            )
+        # A stage option wins over the module's option of the same name: a config node of
+        # the module always carries every option's default (attention=eca has kernel_size).
+        options.pop(key, None)
     sites = raw.get("sites")
     if sites is not None:
         if isinstance(sites, str):
