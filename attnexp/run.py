@@ -396,10 +396,10 @@ def _train(run: _Run) -> RunRecord:
 
 def _with_names(cfg: DictConfig, names: RunNames) -> DictConfig:
     """``cfg`` with the dashboard names filled into loggers that take them (the wandb
-    logger's ``group``/``name``/``tags``/``job_type`` left null in conf/logger/wandb.yaml)."""
+    logger's ``group``/``name``/``job_type`` left null in conf/logger/wandb.yaml; its
+    ``tags`` are added to the automatic ones)."""
     cfg = cfg.copy()
-    filled = {"group": names.group, "name": names.name, "tags": names.tags}
-    filled["job_type"] = names.job_type
+    filled = {"group": names.group, "name": names.name, "job_type": names.job_type}
     with open_dict(cfg):
         for node in (cfg.get("logger") or {}).values():
             if node is None or "_target_" not in node or "group" not in node:
@@ -407,6 +407,7 @@ def _with_names(cfg: DictConfig, names: RunNames) -> DictConfig:
             for key, value in filled.items():
                 if node.get(key) is None:
                     node[key] = value
+            node["tags"] = list(dict.fromkeys([*names.tags, *(node.get("tags") or [])]))
     return cfg
 
 

@@ -7,7 +7,8 @@ attention=se,none optimizer.lr=0.1,0.05 seed=0,1``:
 * group: ``sweep_name`` when given, else ``<experiment>/<sweep dir name>`` (a single run:
   the experiment name);
 * name: the swept values plus the seed, e.g. ``attention=se,lr=0.05,s1`` (a key is
-  shortened to its last part when that stays unambiguous); unique within the sweep;
+  shortened to its last part when that stays unambiguous); unique within the sweep. A
+  single run: ``<model>-<attention>,s<seed>``;
 * tags: the swept ``key=value`` pairs, then the model, attention and dataset names and the
   config's own ``tags``.
 
@@ -104,9 +105,11 @@ def run_names(
     if keys is not None:
         setting = {k: v for k, v in setting.items() if k in set(keys)}
     short = _short_keys(list(setting))
-    parts = [f"{short[k]}={v}" for k, v in setting.items()]
-    if not parts and sweep_dir is None:  # a plain single run: say what it is
-        parts = [p for p in (model,) if p]
+    if sweep_dir is None and swept is None:  # a single run: what it is, not what was typed
+        parts = ["-".join(str(p) for p in (model, attention) if p)]
+        parts = [p for p in parts if p]
+    else:
+        parts = [f"{short[k]}={v}" for k, v in setting.items()]
     if seed is not None:
         parts.append(f"s{seed}")
     if sweep_name:
