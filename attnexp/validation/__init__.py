@@ -31,21 +31,37 @@ from attnexp.errors import ConfigError
 from attnexp.validation.problems import ConfigProblems, Problem
 from attnexp.validation.resolve import plain
 
-__all__ = ["ConfigProblems", "Problem", "check_config", "describe", "find_problems", "validate_config"]
+__all__ = [
+    "ConfigProblems",
+    "Problem",
+    "check_config",
+    "describe",
+    "find_problems",
+    "validate_config",
+]
 
 
-def find_problems(cfg: DictConfig | Mapping[str, Any], environment: bool = True) -> list[Problem]:
-    """Every problem of ``cfg`` (schema, consistency and, with ``environment``, machine)."""
+def find_problems(
+    cfg: DictConfig | Mapping[str, Any], environment: bool = True, strict: bool = False
+) -> list[Problem]:
+    """Every problem of ``cfg`` (schema, consistency and, with ``environment``, machine).
+
+    Keys our own YAML files declare but the schema does not know yet are accepted unless
+    ``strict`` (the tests use it to find schema gaps; see :mod:`.declared`)."""
     from attnexp.plugins import import_user_code
     from attnexp.validation import checks, groups
     from attnexp.validation import environment as env
+    from attnexp.validation.declared import is_declared
 
     import_user_code(cfg.get("imports"))  # user modules register before names are checked
     if isinstance(cfg, DictConfig):
         data, problems, links = plain(cfg)
     else:
         data, problems, links = dict(cfg), [], {}
-    problems += groups.check_groups(data)
+    found = groups.check_groups(data)
+    if not strict:
+        found = [p for p in found if not (p.kind == "unknown_key" and is_declared(p.key))]
+    problems += found
     cross = list(checks.CHECKS)
     if environment:
         cross += [
@@ -99,5 +115,7 @@ def describe(err: ConfigError) -> dict[str, Any]:
     """A machine-readable form of a config error (for failed-run records)."""
     out: dict[str, Any] = {"type": "ConfigError", "message": str(err)}
     if isinstance(err, ConfigProblems):
-        out["problems"] = [{"key": p.key, "kind": p.kind, "message": p.message} for p in err.problems]
+        out["problems"] = [
+            {"key": p.key, "kind": p.kind, "message": p.message} for p in err.problems
+        ]
     return out

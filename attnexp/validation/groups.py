@@ -90,9 +90,7 @@ def _extra_placements(extras: Any) -> list[Problem]:
     return problems
 
 
-def _signature_problems(
-    extras: list[str], target: Any, prefix: str, what: str
-) -> list[Problem]:
+def _signature_problems(extras: list[str], target: Any, prefix: str, what: str) -> list[Problem]:
     """Keys a pass-through namespace passes to ``target`` that it does not take."""
     try:
         cls = cb_schema.import_target(str(target))
@@ -179,9 +177,7 @@ def _attention(attention: Mapping[str, Any]) -> list[Problem]:
     name = attention.get("name", "none")
     if name == "none":
         extra = [k for k in attention if k != "name"]
-        return [
-            unknown_key(f"attention.{k}", ["name"], "attention=none") for k in extra
-        ]
+        return [unknown_key(f"attention.{k}", ["name"], "attention=none") for k in extra]
     if name not in available():
         return [_choice("attention.name", name, "attention module", available())]
     valid = get_spec(str(name)).option_names()
@@ -200,7 +196,10 @@ def _conv(conv: Any) -> list[Problem]:
     name = module.get("name")
     if name not in available("conv"):
         return [_choice("conv", name, "conv-kind module", available("conv"))]
-    valid = get_spec(str(name)).option_names()
+    from attnexp.models.placement import CONV_PLACEMENT_KEYS
+
+    # the conv mapping also says where the module goes (conv.sites, conv.stages, ...)
+    valid = [*get_spec(str(name)).option_names(), *CONV_PLACEMENT_KEYS]
     return [
         unknown_key(f"conv.{k}", valid, f"conv module {name!r}")
         for k in module

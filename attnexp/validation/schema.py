@@ -176,7 +176,13 @@ def _key_path(loc: Sequence[str | int], data: Any, kind: str) -> list[str | int]
     path: list[str | int] = []
     current = data
     for i, seg in enumerate(loc):
-        if isinstance(current, Mapping) and seg in current or isinstance(current, list) and isinstance(seg, int) and 0 <= seg < len(current):
+        if (
+            isinstance(current, Mapping)
+            and seg in current
+            or isinstance(current, list)
+            and isinstance(seg, int)
+            and 0 <= seg < len(current)
+        ):
             path.append(seg)
             current = current[seg]
         elif kind == "missing" and i == len(loc) - 1:

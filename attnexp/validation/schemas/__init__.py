@@ -1,0 +1,1 @@
+"""One schema module per config group (see attnexp.validation)."""

@@ -19,7 +19,28 @@ Triple = Annotated[list[float], Field(min_length=3, max_length=3)]
 STATS = "null or a list of 3 numbers (R, G, B)"
 
 
+class RandAugmentSchema(Schema):
+    num_ops: Annotated[int, Field(ge=0)] = 2
+    magnitude: Annotated[int, Field(ge=0, le=30)] = 9
+
+
+Probability = Annotated[float, Field(ge=0.0, le=1.0, allow_inf_nan=False)]
+
+
+class AugmentSchema(Schema):
+    """``data.augment`` (attnexp.data.augment)."""
+
+    mixup_alpha: Annotated[float, Field(ge=0.0, allow_inf_nan=False)] = 0.0
+    cutmix_alpha: Annotated[float, Field(ge=0.0, allow_inf_nan=False)] = 0.0
+    mix_prob: Probability = 1.0
+    switch_prob: Probability = 0.5
+    randaugment: RandAugmentSchema | None = None
+    trivialaugment: bool = False
+    random_erasing: Probability = 0.0
+
+
 class _Common(Schema):
+    augment: AugmentSchema | None = None
     num_classes: PosInt = 10
     image_size: PosInt = 32
     batch_size: PosInt = Field(128, description="an integer >= 1 (per device)")

@@ -69,9 +69,7 @@ BLOCKS_TEXT = "all, first, last, every_K (K >= 1) or a non-empty list of block i
 
 class PlacementSchema(Schema):
     position: Literal[POSITIONS] = "auto"  # type: ignore[valid-type]
-    stages: Stages = Field(
-        "all", description="all or a non-empty list of 1-based stage numbers"
-    )
+    stages: Stages = Field("all", description="all or a non-empty list of 1-based stage numbers")
     blocks: Blocks = Field("all", description=BLOCKS_TEXT)
     stage_options: dict[str, list[Any]] = Field(
         default_factory=dict, description="a mapping of module option -> one value per stage"

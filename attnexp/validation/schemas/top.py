@@ -28,12 +28,15 @@ class TrainingSchema(Schema):
     label_smoothing: Annotated[float, Field(ge=0.0, lt=1.0, allow_inf_nan=False)] = 0.0
     no_decay_bn_bias: bool = False
     channels_last: bool | Literal["auto"] = "auto"
-    compile: bool | dict[str, Any] = Field(
-        False, description="true, false or a mapping of torch.compile options"
+    compile: bool | Literal["auto"] | dict[str, Any] = Field(
+        "auto", description="auto, true, false or a mapping of torch.compile options"
     )
     sync_bn: bool = False
     base_batch_size: Annotated[int, Field(ge=1)] | None = None
     nonfinite_check_every: Annotated[int, Field(ge=1)] = 10
+    backbone_lr_mult: Annotated[float, Field(gt=0.0, allow_inf_nan=False)] = Field(
+        1.0, description="a number > 0 (lr factor of the pretrained weights)"
+    )
 
 
 class PathsSchema(Schema):

@@ -51,12 +51,14 @@ def trainer_arguments() -> tuple[str, ...]:
 
 class TrainerSchema(PassThrough):
     accelerator: Literal[ACCELERATORS] = "auto"  # type: ignore[valid-type]
-    devices: PosInt | Literal[-1, "auto"] | list[Annotated[int, Field(ge=0)]] | Annotated[
-        str, Field(pattern=r"^\d+(,\d+)*,?$")
-    ] = Field(
+    devices: (
+        PosInt
+        | Literal[-1, "auto"]
+        | list[Annotated[int, Field(ge=0)]]
+        | Annotated[str, Field(pattern=r"^\d+(,\d+)*,?$")]
+    ) = Field(
         1,
-        description="an integer >= 1, -1 (all), auto, a list of device ids or a string "
-        "like '0,1'",
+        description="an integer >= 1, -1 (all), auto, a list of device ids or a string like '0,1'",
     )
     num_nodes: PosInt = 1
     strategy: str = Field("auto", description="auto or a Lightning strategy name")
