@@ -21,6 +21,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from attnexp import builders
+from attnexp.errors import ConfigError
 from attnexp.results import (
     AttentionSpec,
     BestMetrics,
@@ -39,6 +40,7 @@ from attnexp.results import (
 )
 from attnexp.runtime import git_commit, package_version
 from attnexp.training import resume as resume_mod
+from attnexp.validation import check_config
 
 log = logging.getLogger(__name__)
 
@@ -293,6 +295,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
                 f"[attnexp] resuming {run.plan.run_dir} from {run.plan.checkpoint.name} "
                 f"(epoch {run.plan.epoch}, step {run.plan.global_step})"
             )
+        # Every schema and consistency check before the run dir is created or a seed set.
+        check_config(run.cfg)
         _save_config(run.cfg)
         record = _train(run)
         status = "completed"
@@ -344,6 +348,8 @@ def _record_failure(run: _Run, status: str, err: BaseException) -> None:
         run_dir = run_dir_of(run.cfg)
         if not _is_rank_zero() or not _may_overwrite(run):  # e.g. a config error when
             return  # starting in a finished run dir
+        if isinstance(err, ConfigError) and not run_dir.exists():
+            return  # refused before anything was created: leave no directory behind
         record = run.record(status, err)
         if status == "interrupted" and record.error is not None:
             record.error.hint = f"continue with: attnexp-train resume={run_dir.resolve()}"
@@ -358,8 +364,10 @@ def _train(run: _Run) -> RunRecord:
     from attnexp.validation import validate_config
 
     cfg = run.cfg
-    L.seed_everything(int(cfg.seed), workers=True, verbose=False)
     # Every config check, and the backbone with its placements, before any data is loaded.
+    # The seed was checked by check_config (train()); it must be set before the backbone is
+    # built, or its initial weights differ from run to run (resume/DDP equality tests).
+    L.seed_everything(int(cfg.seed), workers=True, verbose=False)
     backbone = validate_config(cfg)
     run.datamodule = builders_datamodule(cfg)
     image_size = int(cfg.data.get("image_size", 32))
