@@ -79,6 +79,7 @@ MODULE_TRAINING_KEYS = (
     "compile",
     "base_batch_size",
     "nonfinite_check_every",
+    "backbone_lr_mult",
 )
 #: Keys of the ``training`` config read elsewhere (trainer, this file).
 OTHER_TRAINING_KEYS = ("sync_bn",)
@@ -95,6 +96,7 @@ def training_options(cfg: DictConfig) -> dict[str, Any]:
 
 
 def build_module(cfg: DictConfig, model: nn.Module, num_classes: int) -> L.LightningModule:
+    from attnexp.data.augment import augment_options
     from attnexp.training import fast_defaults
     from attnexp.training.module import ClassificationModule
 
@@ -110,6 +112,7 @@ def build_module(cfg: DictConfig, model: nn.Module, num_classes: int) -> L.Light
         optimizer=optimizer,
         scheduler=to_dict(cfg.scheduler),
         batch_size=int(cfg.data.batch_size) if cfg.data.get("batch_size") is not None else None,
+        mixer=augment_options(to_dict(cfg.data)).mixer(int(cfg.get("seed") or 0)),
         **{k: training[k] for k in MODULE_TRAINING_KEYS if k in training},
     )
 

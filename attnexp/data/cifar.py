@@ -24,6 +24,7 @@ import lightning as L
 import numpy as np
 import torch
 
+from attnexp.data.augment import augment_options
 from attnexp.data.datamodule import STORAGE_CHOICES, InMemoryDataModule
 from attnexp.data.listing import holdout
 from attnexp.data.memory import BatchAugment
@@ -210,6 +211,7 @@ def build_cifar(cfg: Mapping[str, Any]) -> L.LightningDataModule:
             pad=get_int(cfg, "pad", 4, minimum=0),
             flip=get_bool(cfg, "flip", True),
             cutout=get_int(cfg, "cutout", 0, minimum=0),
+            extra=augment_options(cfg).image_augment(),
         ),
         seed=get_int(cfg, "shuffle_seed", 0),
         name=variant,

@@ -71,6 +71,7 @@ def build_imagefolder(
     cfg: Mapping[str, Any], recipe_default: str = "cifar", in_memory_default: str = "auto"
 ) -> L.LightningDataModule:
     """``data=imagefolder`` (and ``data=imagenet``, which fixes the recipe and streams)."""
+    from attnexp.data.augment import augment_options
     from attnexp.data.datamodule import STORAGE_CHOICES, InMemoryDataModule
     from attnexp.data.memory import BatchAugment
 
@@ -126,6 +127,7 @@ def build_imagefolder(
         pad=get_int(cfg, "pad", 4, minimum=0),
         flip=get_bool(cfg, "flip", True),
         cutout=get_int(cfg, "cutout", 0, minimum=0),
+        extra=augment_options(cfg).image_augment(),
     )
 
     if not in_memory:

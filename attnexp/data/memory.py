@@ -27,6 +27,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from attnexp.data.augment import ImageAugment
 from attnexp.runtime import torch_threads
 
 
@@ -37,6 +38,8 @@ class BatchAugment:
     pad: int = 0  # random-crop padding in pixels (4 for the CIFAR recipe); 0 = no crop
     flip: bool = False  # horizontal flip with probability 0.5
     cutout: int = 0  # side of the square zeroed after normalisation (0 = off)
+    #: RandAugment / TrivialAugmentWide / random erasing, batched (attnexp.data.augment).
+    extra: ImageAugment | None = None
 
     def __post_init__(self) -> None:
         if self.pad < 0 or self.cutout < 0:
@@ -46,7 +49,7 @@ class BatchAugment:
 
     @property
     def active(self) -> bool:
-        return self.pad > 0 or self.flip or self.cutout > 0
+        return self.pad > 0 or self.flip or self.cutout > 0 or self.extra is not None
 
 
 def random_crop_flip(
@@ -297,7 +300,13 @@ class InMemoryLoader:
         if gen is not None:
             gen.manual_seed(mix_seed(self.seed, epoch, b, self.rank))
             x = random_crop_flip(x, aug.pad, aug.flip, gen)
+        host = None
+        if gen is not None and aug.extra is not None:  # ops drawn on the host: no device sync
+            host = torch.Generator().manual_seed(mix_seed(self.seed, epoch, b, self.rank, 1))
+            x = aug.extra.on_uint8(x, host)
         out = torch.addcmul(self._offset, x.to(torch.float32), self._scale)
         if gen is not None and aug.cutout:
             cutout(out, aug.cutout, gen)
+        if host is not None:
+            out = aug.extra.on_float(out, host)
         return out, y

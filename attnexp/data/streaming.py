@@ -31,6 +31,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision.transforms import v2
 
+from attnexp.data.augment import erasing_transform, policy_transforms
 from attnexp.data.decode import CorruptImageError, decode_rgb, resize_center_crop
 from attnexp.data.listing import FileList
 from attnexp.data.memory import BatchAugment, cutout, mix_seed
@@ -58,6 +59,7 @@ def build_transforms(
 ) -> tuple[Callable[[torch.Tensor], torch.Tensor], Callable[[torch.Tensor], torch.Tensor]]:
     """Per-sample (train, eval) transforms on uint8 (3, H, W) tensors."""
     flip = [v2.RandomHorizontalFlip()] if augment.flip else []
+    flip += policy_transforms(augment.extra)  # RandAugment / TrivialAugmentWide (uint8)
     if recipe == "imagenet":
         train = v2.Compose(
             [v2.RandomResizedCrop(image_size, scale=rrc_scale, antialias=True), *flip]
@@ -114,7 +116,14 @@ class FolderDataset(Dataset):
 class NormalizeCollate:
     """Stack uint8 samples and normalise the batch in one op (and cut out, if asked)."""
 
-    def __init__(self, mean: Sequence[float], std: Sequence[float], cutout_size: int = 0) -> None:
+    def __init__(
+        self,
+        mean: Sequence[float],
+        std: Sequence[float],
+        cutout_size: int = 0,
+        erasing: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    ) -> None:
+        self.erasing = erasing  # v2.RandomErasing, per image after normalising
         std_t = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
         self.scale = 1.0 / (255.0 * std_t)
         self.offset = -torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1) / std_t
@@ -128,6 +137,8 @@ class NormalizeCollate:
         out = torch.addcmul(self.offset, images.to(torch.float32), self.scale)
         if self.cutout_size:
             cutout(out, self.cutout_size)
+        if self.erasing is not None:
+            out = torch.stack([self.erasing(img) for img in out])
         return out, labels
 
 
@@ -234,7 +245,9 @@ class StreamingDataModule(L.LightningDataModule):
             )
         if "val" not in self.datasets:
             self.datasets["val"] = self.datasets["test"]
-        self.train_collate = NormalizeCollate(self.mean, self.std, augment.cutout)
+        self.train_collate = NormalizeCollate(
+            self.mean, self.std, augment.cutout, erasing_transform(augment.extra)
+        )
         self.eval_collate = NormalizeCollate(self.mean, self.std)
         self._loaders: dict[str, DataLoader] = {}
 

@@ -123,6 +123,7 @@ def generate_splits(
 
 def build_synthetic(cfg: Mapping[str, Any]) -> L.LightningDataModule:
     """``data=synthetic``: generated splits on the in-memory path (no flips: see above)."""
+    from attnexp.data.augment import augment_options
     from attnexp.data.datamodule import STORAGE_CHOICES, InMemoryDataModule
     from attnexp.data.memory import BatchAugment
     from attnexp.data.options import get_choice, get_int
@@ -161,6 +162,7 @@ def build_synthetic(cfg: Mapping[str, Any]) -> L.LightningDataModule:
             pad=get_int(cfg, "pad", 2, minimum=0),
             flip=False,
             cutout=get_int(cfg, "cutout", 0, minimum=0),
+            extra=augment_options(cfg).image_augment(),
         ),
         seed=get_int(cfg, "shuffle_seed", 0),
         name="synthetic",

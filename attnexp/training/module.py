@@ -12,6 +12,7 @@ from lightning.pytorch.trainer.states import TrainerFn
 from torch import nn
 from torchmetrics.aggregation import MeanMetric
 
+from attnexp.training.finetune import split_backbone_lr
 from attnexp.training.metrics import TopKError
 from attnexp.training.optim import build_optimizer, lr_lambda, scaled_lr
 
@@ -68,6 +69,8 @@ class ClassificationModule(L.LightningModule):
         batch_size: int | None = None,
         base_batch_size: int | None = None,
         nonfinite_check_every: int = 1,
+        mixer: Callable[..., Any] | None = None,
+        backbone_lr_mult: float = 1.0,
     ) -> None:
         super().__init__()
         self.model = model
@@ -79,6 +82,10 @@ class ClassificationModule(L.LightningModule):
         self.batch_size = batch_size
         self.base_batch_size = base_batch_size
         self.nonfinite_check_every = max(int(nonfinite_check_every), 1)
+        #: mixup/cutmix of training batches (attnexp.data.augment.Mixer), None = off.
+        self.mixer = mixer
+        #: lr multiplier of the pretrained backbone (attnexp.training.finetune).
+        self.backbone_lr_mult = float(backbone_lr_mult)
         #: Learning rate after the linear scaling rule (set in configure_optimizers).
         self.effective_lr: float | None = None
         self.criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
@@ -109,8 +116,14 @@ class ClassificationModule(L.LightningModule):
     # -- steps -----------------------------------------------------------------------------
     def _step(self, batch: tuple[torch.Tensor, torch.Tensor], split: str) -> torch.Tensor:
         x, y = batch
-        logits = self(x)
-        loss = self.criterion(logits, y) if split == "train" else self.eval_criterion(logits, y)
+        if split == "train" and self.mixer is not None:
+            # mixed inputs, lam-weighted CE of both labels; the error is on the clean labels
+            x, partner, lam = self.mixer(x, y, self.global_step, self.global_rank)
+            logits = self(x)
+            loss = self.criterion(logits, y) * lam + self.criterion(logits, partner) * (1 - lam)
+        else:
+            logits = self(x)
+            loss = self.criterion(logits, y) if split == "train" else self.eval_criterion(logits, y)
         detached = logits.detach()
         for k in (1, 5):
             self.metrics[f"{split}_top{k}"].update(detached, y)
@@ -215,6 +228,7 @@ class ClassificationModule(L.LightningModule):
             self.optimizer_factory, self.model, self.no_decay_bn_bias, lr=lr
         )
         self.effective_lr = float(optimizer.param_groups[0]["lr"])
+        split_backbone_lr(optimizer, self.model, self.backbone_lr_mult)
         trainer = self.trainer
         total = int(trainer.estimated_stepping_batches)  # also sets up the train dataloader
         batches = trainer.num_training_batches

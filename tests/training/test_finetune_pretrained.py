@@ -114,9 +114,7 @@ def test_plain_backbone_loads_every_weight(tv_weights: dict) -> None:
 
 def test_new_class_count_reports_the_classifier(tv_weights: dict) -> None:
     path, reference = tv_weights["resnet18"]
-    model = builders.build_backbone(
-        _cfg("resnet18", "se", path, num_classes=10, init="default")
-    ).eval()
+    model = builders.build_backbone(_cfg("resnet18", "se", path, num_classes=10)).eval()
     placed = sorted(r.path for r in model.placed_modules)
     report = model.pretrained_report
     assert report.new_modules == sorted([*placed, "fc"])
