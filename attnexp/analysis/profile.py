@@ -74,7 +74,10 @@ class Settings:
             if self.channels_last is not None
             else fast_defaults.resolve_channels_last(training.get("channels_last", "auto"), device)
         )
-        compile_ = self.compile or bool(training.get("compile", False))
+        # training.compile=auto decides during fit; profiling compiles only when forced.
+        compile_ = self.compile or fast_defaults.resolve_compile(
+            training.get("compile", "auto")
+        ) not in ("auto", False)
         batch = self.batch or default_batch(device, image_size, cfg)
         return replace(
             self,
@@ -368,6 +371,52 @@ def config_image_size(cfg: DictConfig) -> int:
     data = cfg.get("data") or {}
     model = cfg.get("model") or {}
     return int(data.get("image_size") or model.get("image_size") or 224)
+
+
+def _gives_data(overrides: Sequence[str]) -> bool:
+    """True when the overrides choose the data (``data=``, ``data.image_size=``, a preset)."""
+    keys = [o.lstrip("+~").partition("=")[0] for o in overrides]
+    return any(k.split(".")[0].split("@")[0] in ("data", "experiment") for k in keys)
+
+
+def choose_image_size(
+    cfg: DictConfig, overrides: Sequence[str], image_size: int | None = None
+) -> tuple[int, str]:
+    """The input size to profile at and why, and ``cfg`` set to it (``data.image_size``, so
+    ``model.image_size`` and size-bound modules follow).
+
+    An explicit ``image_size`` wins; then a config whose data the overrides chose (``data=``,
+    ``data.image_size=``, an ``experiment=`` preset); otherwise the model family's size (224
+    for ImageNet backbones, 32 for CIFAR ones), not the default synthetic data's 32.
+    """
+    from omegaconf import open_dict
+
+    model = str((cfg.get("model") or {}).get("name"))
+    family = _family(model)
+    if image_size is not None:
+        size, why = image_size, "--image-size"
+    elif _gives_data(overrides):
+        size = config_image_size(cfg)
+        why = f"data.image_size of data={cfg.data.get('name')}"
+    elif family is not None:
+        size, why = family
+        why = f"{why} default of {model}; data=... or --image-size to change"
+    else:
+        size, why = config_image_size(cfg), "data.image_size"
+    with open_dict(cfg):
+        cfg.data.image_size = size
+    return size, why
+
+
+def _family(model: str) -> tuple[int, str] | None:
+    from attnexp.models import model_info
+
+    try:
+        info = model_info(model)
+    except Exception:  # noqa: BLE001 - unknown model: the config decides
+        return None
+    kind = "ImageNet" if info.family == "imagenet" else "CIFAR"
+    return info.default_image_size, f"the {kind}-family"
 
 
 def build_from_config(cfg: DictConfig, meta: bool = False) -> nn.Module:

@@ -37,6 +37,12 @@ def _parser() -> argparse.ArgumentParser:
         "-m", "--multirun", action="store_true", help="expand sweeps (a,b and the preset's)"
     )
     parser.add_argument("--device", choices=("cpu", "cuda", "mps"), help="default: the config's")
+    parser.add_argument(
+        "--image-size",
+        type=int,
+        help="input size (default: data.image_size when data or a preset is given, else the "
+        "model family's: 224 ImageNet backbones, 32 CIFAR ones)",
+    )
     parser.add_argument("--batch", type=int, help="batch for memory and speed (default: small)")
     parser.add_argument("--steps", type=int, help="timed steps (median; default 5, zoo 3)")
     parser.add_argument("--warmup", type=int, help="untimed steps first (default 2, zoo 1)")
@@ -80,12 +86,13 @@ def _main(argv: Sequence[str] | None) -> int:
     resolved = None
     with prof.hydra_session() as compose:
         configs = [(label, compose(job)) for label, job in jobs]
-    for label, cfg in configs:
-        size = prof.config_image_size(cfg)
+    for (label, cfg), (_, job) in zip(configs, jobs):
+        size, why = prof.choose_image_size(cfg, job, args.image_size)
         if resolved is None:
             resolved = settings.resolved(cfg, size)
             what = resolved.describe() if resolved.speed else f"batch {resolved.batch} (memory)"
             console.print(f"[bold]attnexp-profile[/] {what}", highlight=False)
+            console.print(f"input {size}x{size} ({why})", highlight=False)
         try:
             result = prof.profile_config(cfg, resolved, label=label)
         except ConfigError as err:

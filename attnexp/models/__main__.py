@@ -3,6 +3,8 @@
 python -m attnexp.models resnet50 --attention se --position after_conv3
 python -m attnexp.models resnet50 --attention eca --stage-option kernel_size=3,5,5,7
 python -m attnexp.models resnet50 --attention bam --conv sk --option reduction=16
+python -m attnexp.models resnet50 --conv mhsa --conv-stages 4            # BoT50
+python -m attnexp.models resnet18 --conv dynamic_conv --conv-sites conv1,conv2,downsample
 python -m attnexp.models --list
 """
 
@@ -54,9 +56,10 @@ def placements_table(model: Backbone, title: str = "") -> Table:
     total = sum(p.numel() for p in model.parameters())
     placed = sum(r.params for r in model.placed_modules)
     columns = ("stage", "block", "position", "module", "channels", "map", "params", "path")
+    # no_wrap: a piped listing (a wide console) must never split a number over two lines
     for col in columns:
         justify = "right" if col in ("stage", "block", "channels", "map", "params") else "left"
-        table.add_column(col, justify=justify, overflow="fold")
+        table.add_column(col, justify=justify, no_wrap=True)
     for r in model.placed_modules:
         channels = (
             str(r.in_channels)
@@ -94,7 +97,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--stage-option", action="append", default=[], help="per-stage option K=V1,V2,..."
     )
-    parser.add_argument("--conv", help="conv module replacing every block's 3x3 conv")
+    parser.add_argument("--conv", help="conv module replacing the block's 3x3 convs (--conv-sites)")
+    parser.add_argument("--conv-sites", help="convs to replace, e.g. conv1,conv2,downsample")
+    parser.add_argument("--conv-stages", default="all", help="all or 1-based stages, e.g. 4")
     parser.add_argument("--conv-option", action="append", default=[], help="conv option K=V")
     parser.add_argument("--num-classes", type=int, help="default: 1000 ImageNet, 10 CIFAR")
     parser.add_argument("--image-size", type=int, help="default: 224 ImageNet, 32 CIFAR")
@@ -122,9 +127,15 @@ def _list_models(console: Console) -> None:
     console.print(table)
 
 
+def listing_console() -> Console:
+    """The terminal's width on a terminal; when piped or redirected a wide console, so rich
+    never wraps a row and splits a number across lines (``| grep``, ``> file``)."""
+    return Console() if sys.stdout.isatty() else Console(width=250, soft_wrap=False)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    console = Console()
+    console = listing_console()
     if args.list or not args.model:
         _list_models(console)
         return 0
@@ -142,9 +153,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "stage_options": _pairs(args.stage_option, "--stage-option", True),
                 }
             )
-        conv = (
-            {"name": args.conv, **_pairs(args.conv_option, "--conv-option")} if args.conv else None
-        )
+        conv = None
+        if args.conv:
+            conv = {"name": args.conv, **_pairs(args.conv_option, "--conv-option")}
+            conv["stages"] = _selection(args.conv_stages)
+            if args.conv_sites:
+                conv["sites"] = args.conv_sites.split(",")
         image_size = args.image_size or info.default_image_size
         model = build_model(
             args.model,

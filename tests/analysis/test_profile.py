@@ -13,8 +13,8 @@ import torch
 
 from attnexp.analysis import profile as prof
 from attnexp.attention import available
-from attnexp.attention.__main__ import main as list_zoo
-from attnexp.attention.__main__ import zoo_entries
+from attnexp.cli.zoo import main as list_zoo
+from attnexp.cli.zoo import zoo_entries
 from attnexp.models import build_model
 from attnexp.training import fast_defaults
 
@@ -95,6 +95,34 @@ def test_profile_cli_sweep_gives_one_row_per_job(capsys: pytest.CaptureFixture[s
     text = capsys.readouterr().out
     for name in ("attention=none", "attention=se", "attention=cbam"):
         assert name in text
+
+
+@pytest.mark.parametrize(
+    ("overrides", "size", "why"),
+    [
+        (["model=resnet50"], 224, "ImageNet-family default of resnet50"),
+        (["model=resnet20"], 32, "CIFAR-family default of resnet20"),
+        (["model=resnet50", "data.image_size=64"], 64, "data.image_size of data=synthetic"),
+        (["model=resnet18", "data=cifar10"], 32, "data.image_size of data=cifar10"),
+    ],
+)
+def test_profile_input_size_follows_the_model_family_unless_data_is_given(
+    overrides: list[str], size: int, why: str
+) -> None:
+    cfg = prof.compose(overrides)
+    got, reason = prof.choose_image_size(cfg, overrides)
+    assert (got, cfg.data.image_size, cfg.model.image_size) == (size, size, size)
+    assert why in reason
+    assert prof.choose_image_size(prof.compose(overrides), overrides, 96)[0] == 96
+
+
+def test_profile_cli_says_which_input_size(capsys: pytest.CaptureFixture[str]) -> None:
+    from attnexp.cli.profile import main
+
+    assert main(["model=resnet50", "--no-speed"]) == 0
+    text = capsys.readouterr().out
+    assert "input 224x224 (the ImageNet-family default of resnet50" in text
+    assert "4.087 G" in text  # ResNet-50 at 224 (10 classes: the synthetic data default)
 
 
 def test_attention_listing() -> None:

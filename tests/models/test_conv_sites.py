@@ -202,3 +202,21 @@ def test_same_conv_twice_is_refused_but_other_sites_combine() -> None:
             conv={"name": "conv3x3"},
             placements=[{"module": "dynamic_conv", "position": "conv", "sites": ["conv2"]}],
         )
+
+
+def test_piped_listing_never_splits_numbers(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from attnexp.models.__main__ import main as cli_main
+
+    monkeypatch.setenv("COLUMNS", "80")  # a narrow terminal setting must not matter when piped
+    assert cli_main(["resnet50", "--conv", "mhsa", "--conv-stages", "4"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    rows = [line for line in lines if "layer4." in line]
+    assert len(rows) == 3 and all("789,760" in r or "793,344" in r for r in rows)
+    assert any("= 20,852,008" in line for line in lines)
+    assert cli_main(["--list"]) == 0
+    listing = capsys.readouterr().out
+    assert any(
+        "stride_position='v1.5'" in line and "resnet50 " in line for line in listing.splitlines()
+    )
