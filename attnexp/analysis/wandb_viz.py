@@ -31,6 +31,7 @@ from attnexp.analysis.attention_maps import (
     panel_for,
     save_figure,
 )
+from attnexp.analysis.samples import validation_sample
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +97,7 @@ class AttentionMapLogger(L.Callback):
         target_layer: str | None = None,
         key: str = "attention_maps",
         save_path: str | None = None,
+        seed: int = 0,
     ) -> None:
         super().__init__()
         self.n = n
@@ -104,6 +106,8 @@ class AttentionMapLogger(L.Callback):
         self.target_layer = target_layer
         self.key = key
         self.save_path = Path(save_path) if save_path else None
+        #: which images: the run's seed, so every epoch and every run of a sweep share them
+        self.seed = int(seed)
         self.saved: Path | None = None
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -128,16 +132,20 @@ class AttentionMapLogger(L.Callback):
 
     def render(self, trainer: Any, pl_module: L.LightningModule) -> dict[str, tuple[Any, str]]:
         """Draw the figures; returns ``{wandb key: (RGB array, caption)}`` and saves the PNG."""
-        x, y = _first_val_batch(trainer)
-        x = x[: self.n]
         dm = getattr(trainer, "datamodule", None)
+        try:  # the fixed class-balanced sample of the whole val split (analysis/samples.py)
+            x, y = validation_sample(dm, self.n, self.seed)
+            source = f"val sample (seed {self.seed}, class-balanced)"
+        except TypeError:  # a datamodule without accessible splits: the first val batch
+            x, y = _first_val_batch(trainer)
+            x, source = x[: self.n], "first val batch"
         class_names = list(getattr(dm, "class_names", None) or [str(i) for i in range(1000)])
         labels = [int(v) for v in y[: self.n].tolist()] if y is not None else [None] * len(x)
         batch = ImageBatch(
             displayable(x, getattr(dm, "mean", None), getattr(dm, "std", None)),
             labels,
             [class_names[v] if v is not None and v < len(class_names) else "" for v in labels],
-            "first val batch",
+            source,
         )
         model = getattr(pl_module, "model", pl_module)
         device = next(model.parameters()).device
