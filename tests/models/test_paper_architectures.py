@@ -44,7 +44,7 @@ def test_bot50_parameter_count_matches_the_paper() -> None:
     assert [r.path for r in records] == ["layer4.0.conv2", "layer4.1.conv2", "layer4.2.conv2"]
     assert [(r.size, r.out_size) for r in records] == [(14, 7), (7, 7), (7, 7)]
     # the same model from the plain groups: conv=mhsa on stage 4 of resnet50 at 224
-    same, _ = params_of(["model=resnet50", "data=imagenet", "conv=mhsa", "+conv.stages=[4]"])
+    same, _ = params_of(["model=resnet50", "data=imagenet", "conv=mhsa", "++conv.stages=[4]"])
     assert same == total
 
 
