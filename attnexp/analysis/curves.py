@@ -5,6 +5,10 @@ sit on different rows (and the final test row has an epoch of its own); :func:`r
 merges them into one value per epoch and metric. :func:`curves_figure` draws loss and top-1
 error against epoch, train dashed and val solid, one colour per run, labelled by the run's
 setting (the overrides that differ between the runs).
+
+Only comparable runs share a figure (:func:`check_comparable`): the same dataset and recipe
+(optimizer, schedule, epochs, image size). A 10-epoch cosine schedule beside a 5-epoch one
+shows the schedules, not the modules.
 """
 
 from __future__ import annotations
@@ -18,6 +22,8 @@ from matplotlib.figure import Figure
 
 from attnexp.analysis.checkpoints import setting_labels
 from attnexp.errors import ConfigError
+from attnexp.results import RunDir, RunRecord
+from attnexp.results.rundir import CSV_DIR, CSV_METRICS
 
 #: (panel title, metric without the split prefix)
 PANELS: tuple[tuple[str, str], ...] = (("loss", "loss"), ("top-1 error (%)", "top1_err"))
@@ -52,19 +58,60 @@ def read_curves(csv_path: str | Path) -> dict[str, dict[int, float]]:
 
 
 def metrics_csv(run_dir: Path) -> Path | None:
-    """The run's CSV log: ``csv/metrics.csv``, else the newest ``metrics.csv`` below it."""
-    direct = run_dir / "csv" / "metrics.csv"
+    """The run's CSV log (:attr:`RunDir.metrics_csv`), else the newest ``metrics.csv`` below
+    it (logs of Lightning's own CSVLogger: ``version_N/``)."""
+    direct = RunDir(run_dir).metrics_csv
     if direct.is_file():
         return direct
-    found = sorted(run_dir.rglob("metrics.csv"), key=lambda p: p.stat().st_mtime)
+    found = sorted(run_dir.rglob(CSV_METRICS), key=lambda p: p.stat().st_mtime)
     return found[-1] if found else None
 
 
 def _run_dir_of_csv(path: Path) -> Path:
-    for parent in path.parents:
-        if (parent / ".hydra").is_dir() or (parent / "metrics.json").is_file():
-            return parent
-    return path.parent.parent if path.parent.name.startswith(("csv", "version_")) else path.parent
+    run = RunDir.of(path.parent)
+    if run is not None:
+        return run.path
+    return path.parent.parent if path.parent.name.startswith((CSV_DIR, "version_")) else path.parent
+
+
+def _record_of(run_dir: Path) -> RunRecord | None:
+    """The run's record, or one made from its saved config (a run still going)."""
+    run = RunDir(run_dir)
+    try:
+        return run.read_record()
+    except (OSError, ValueError, TypeError):
+        pass
+    from omegaconf import OmegaConf
+
+    cfg = run.load_config()
+    if cfg is None:
+        return None
+    config = OmegaConf.to_container(cfg, resolve=False)
+    assert isinstance(config, dict)
+    model, data = config.get("model") or {}, config.get("data") or {}
+    return RunRecord(config=config, model=model.get("name"), dataset=data.get("name"))
+
+
+def check_comparable(runs: Sequence[Path]) -> None:
+    """ConfigError when the runs differ in dataset or recipe (runs without a record or a
+    config are not checked)."""
+    from attnexp.analysis.table.model import facets
+
+    seen: dict[str, dict[str, list[str]]] = {"dataset": {}, "recipe": {}}
+    for run in runs:
+        record = _record_of(run)
+        if record is None:
+            continue
+        for facet, value in facets(record).items():
+            if facet in seen:
+                seen[facet].setdefault(value, []).append(run.name)
+    for facet, values in seen.items():
+        if len(values) > 1:
+            listed = "; ".join(f"{v}: {', '.join(names)}" for v, names in values.items())
+            raise ConfigError(
+                f"curves: these runs differ in {facet} ({listed}); curves of different "
+                f"{facet}s are not comparable. Plot them separately"
+            )
 
 
 def find_runs(paths: Iterable[str | Path]) -> list[Path]:
@@ -164,6 +211,7 @@ def plot_curves(paths: Iterable[str | Path], out: str | Path, force: bool = Fals
     from attnexp.analysis.attention_maps import save_figure
 
     runs = find_runs(paths)
+    check_comparable(runs)
     out = Path(out)
     target = out if out.suffix.lower() == ".png" else out / "curves.png"
     if target.exists() and not force:

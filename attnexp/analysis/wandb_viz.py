@@ -1,4 +1,4 @@
-"""Weights & Biases views: attention-map grids at the end of training, sweep tables.
+"""Weights & Biases views: attention-map grids per epoch and at the end, sweep tables.
 
 Enable the callback next to the default ones (checkpoints, progress, lr monitor)::
 
@@ -6,9 +6,10 @@ Enable the callback next to the default ones (checkpoints, progress, lr monitor)
 
 It takes the first batch of the validation set, draws the grid of
 :func:`attnexp.analysis.attention_maps.attention_grid` (input | attention maps per stage |
-Grad-CAM) plus the channel/branch plots when the model has such maps, logs them with
-``WandbLogger.log_image`` and, when ``save_path`` is set, also saves the grid as a PNG (so
-runs without wandb get the picture too).
+Grad-CAM) plus the channel/branch plots when the model has such maps, and logs them with
+``WandbLogger.log_image`` after every ``every_n_epochs`` epochs (the dashboard shows how the
+maps form; same images each epoch) and at the end of training. When ``save_path`` is set,
+the final grid is also saved as a PNG (so runs without wandb get the picture too).
 """
 
 from __future__ import annotations
@@ -87,6 +88,8 @@ class AttentionMapLogger(L.Callback):
         key: wandb image key; channel/branch plots go to ``<key>/channel`` and ``<key>/branch``.
         save_path: also write the grid here (never replacing a file: ``-1``, ``-2`` ... are
             appended); ``None`` = wandb only.
+        every_n_epochs: also log the images to wandb after every this many epochs (after
+            that epoch's validation); ``None`` or 0 = only at the end of training.
     """
 
     def __init__(
@@ -98,8 +101,12 @@ class AttentionMapLogger(L.Callback):
         key: str = "attention_maps",
         save_path: str | None = None,
         seed: int = 0,
+        every_n_epochs: int | None = 1,
     ) -> None:
         super().__init__()
+        if every_n_epochs is not None and every_n_epochs < 0:
+            raise ValueError(f"every_n_epochs must be >= 0 or None, got {every_n_epochs}")
+        self.every_n_epochs = every_n_epochs or 0
         self.n = n
         self.cams = list(cams)
         self.maps = maps
@@ -110,17 +117,19 @@ class AttentionMapLogger(L.Callback):
         self.seed = int(seed)
         self.saved: Path | None = None
 
-    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        wandb_loggers = [
-            lg for lg in getattr(trainer, "loggers", []) if isinstance(lg, WandbLogger)
-        ]
+    @staticmethod
+    def _wandb_loggers(trainer: Any) -> list[WandbLogger]:
+        return [lg for lg in getattr(trainer, "loggers", []) if isinstance(lg, WandbLogger)]
+
+    def _log(self, trainer: Any, pl_module: L.LightningModule, save: bool) -> None:
+        wandb_loggers = self._wandb_loggers(trainer)
         if not getattr(trainer, "is_global_zero", True) or (
-            not wandb_loggers and self.save_path is None
+            not wandb_loggers and not (save and self.save_path is not None)
         ):
             return
         try:
-            images = self.render(trainer, pl_module)
-        except Exception as err:  # a picture must never fail a finished training
+            images = self.render(trainer, pl_module, save=save)
+        except Exception as err:  # a picture must never fail a training
             log.warning(
                 "AttentionMapLogger: no attention maps drawn (%s: %s)", type(err).__name__, err
             )
@@ -130,8 +139,21 @@ class AttentionMapLogger(L.Callback):
             for key, (array, caption) in images.items():
                 lg.log_image(key=key, images=[array], caption=[caption], step=step)
 
-    def render(self, trainer: Any, pl_module: L.LightningModule) -> dict[str, tuple[Any, str]]:
-        """Draw the figures; returns ``{wandb key: (RGB array, caption)}`` and saves the PNG."""
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """After the epoch's validation (outside its no-grad context: Grad-CAM needs
+        gradients), every ``every_n_epochs`` epochs: the images to wandb."""
+        epoch = int(getattr(trainer, "current_epoch", 0)) + 1
+        if self.every_n_epochs and epoch % self.every_n_epochs == 0:
+            self._log(trainer, pl_module, save=False)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._log(trainer, pl_module, save=True)
+
+    def render(
+        self, trainer: Any, pl_module: L.LightningModule, save: bool = True
+    ) -> dict[str, tuple[Any, str]]:
+        """Draw the figures; returns ``{wandb key: (RGB array, caption)}``; with ``save``,
+        also writes the PNG to ``save_path``."""
         dm = getattr(trainer, "datamodule", None)
         try:  # the fixed class-balanced sample of the whole val split (analysis/samples.py)
             x, y = validation_sample(dm, self.n, self.seed)
@@ -168,7 +190,7 @@ class AttentionMapLogger(L.Callback):
         ):
             if fig is not None:
                 out[f"{self.key}/{suffix}"] = (figure_to_array(fig), f"{suffix} attention weights")
-        if self.save_path is not None:
+        if save and self.save_path is not None:
             self.saved = save_figure(grid, _unique(self.save_path))
         return out
 

@@ -69,17 +69,46 @@ def test_callback_is_quiet_without_wandb_or_path(tmp_path: Path) -> None:
     class Spy(AttentionMapLogger):
         rendered = 0
 
-        def render(self, trainer: Any, pl_module: Any) -> dict[str, Any]:
+        def render(self, trainer: Any, pl_module: Any, save: bool = True) -> dict[str, Any]:
             Spy.rendered += 1
             return {}
 
-    Spy().on_train_end(SimpleNamespace(loggers=[], is_global_zero=True), None)  # type: ignore[arg-type]
+    quiet = SimpleNamespace(loggers=[], is_global_zero=True, current_epoch=0)
+    Spy().on_train_epoch_end(quiet, None)  # type: ignore[arg-type]
+    Spy(save_path=str(tmp_path / "m.png")).on_train_epoch_end(quiet, None)  # type: ignore[arg-type]
+    Spy().on_train_end(quiet, None)  # type: ignore[arg-type]
     rank1 = SimpleNamespace(loggers=[RecordingWandb()], is_global_zero=False)
     Spy(save_path=str(tmp_path / "m.png")).on_train_end(rank1, None)  # type: ignore[arg-type]
     assert Spy.rendered == 0
     rank0 = SimpleNamespace(loggers=[], is_global_zero=True)
     Spy(save_path=str(tmp_path / "m.png")).on_train_end(rank0, None)  # type: ignore[arg-type]
     assert Spy.rendered == 1  # the spy does count: with a path, rank 0 draws
+
+
+def test_callback_logs_every_n_epochs_without_saving(runs: dict[str, Path], tmp_path: Path) -> None:
+    from attnexp.builders import to_dict
+    from attnexp.data import build_datamodule
+
+    loaded = load_model(runs["cbam"])
+    dm = build_datamodule(to_dict(loaded.cfg.data))
+    logger = RecordingWandb()
+    callback = AttentionMapLogger(n=2, cams=[], save_path=str(tmp_path / "m.png"), every_n_epochs=2)
+    module = SimpleNamespace(model=loaded.model)
+    for epoch in range(4):
+        trainer = SimpleNamespace(
+            loggers=[logger],
+            is_global_zero=True,
+            datamodule=dm,
+            val_dataloaders=dm.val_dataloader(),
+            global_step=10 * epoch,
+            current_epoch=epoch,
+        )
+        callback.on_train_epoch_end(trainer, module)  # type: ignore[arg-type]
+    grids = [c for c in logger.calls if c["key"] == "attention_maps"]
+    assert [c["step"] for c in grids] == [10, 30]  # after epochs 2 and 4
+    assert callback.saved is None and not list(tmp_path.glob("*.png"))  # PNG only at the end
+    with pytest.raises(ValueError, match="every_n_epochs"):
+        AttentionMapLogger(every_n_epochs=-1)
 
 
 def test_sweep_table() -> None:
@@ -111,8 +140,29 @@ def test_offline_wandb_run_gets_the_images(
     """End to end with a real (offline) wandb run: the grid lands in the run's media."""
     monkeypatch.setenv("WANDB_MODE", "offline")
     run_dir = tiny_train(
-        tmp_path / "run", "attention=cbam", "logger=wandb", "callbacks=[default,attention_maps]"
+        tmp_path / "run",
+        "attention=cbam",
+        "logger=wandb",
+        "logger.wandb.log_checkpoint=true",
+        "callbacks=[default,attention_maps]",
+        "trainer.max_epochs=2",
     )
     assert (run_dir / "attention_maps.png").is_file()
-    media = list((run_dir / "wandb").rglob("media/images/attention_maps*.png"))
-    assert media, sorted(str(p) for p in (run_dir / "wandb").rglob("*"))[:30]
+    media = list((run_dir / "wandb").rglob("media/images/attention_maps_*.png"))
+    # after each of the 2 epochs and at the end of training
+    assert len(media) == 3, sorted(str(p) for p in (run_dir / "wandb").rglob("*"))[:30]
+    # the best checkpoint as a model artifact (logger.wandb.log_checkpoint=true)
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    from attnexp.analysis.table.wandb import _payloads
+
+    (log,) = (run_dir / "wandb").rglob("run-*.wandb")
+    artifacts = []
+    for payload in _payloads(log.read_bytes()):
+        rec = pb.Record()
+        rec.ParseFromString(payload)
+        if rec.WhichOneof("record_type") == "artifact":
+            artifacts.append(rec.artifact)
+    (artifact,) = artifacts
+    assert artifact.type == "model" and "best" in artifact.aliases
+    assert any(e.path.startswith("best-epoch") for e in artifact.manifest.contents)
