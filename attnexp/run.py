@@ -183,6 +183,7 @@ class _Run:
                 resumed_from=str(plan.checkpoint) if plan else None,
                 resumed_at={"epoch": plan.epoch, "global_step": plan.global_step} if plan else None,
                 resumes=self.resumes,
+                compile=getattr(self.module, "compile_decision", None),
             ),
             wall_seconds=time.time() - self.started,
             hydra=self.hydra,

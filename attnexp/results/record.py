@@ -234,6 +234,8 @@ class TrainingInfo:
     resumed_at: dict[str, int] | None = None
     #: Every resume of this run dir so far: [{checkpoint, epoch, global_step, reason}].
     resumes: list[dict[str, Any]] = field(default_factory=list)
+    #: training.compile: {setting, compiled, reason, failed, eager/compiled step seconds}.
+    compile: dict[str, Any] | None = None
 
 
 @dataclass

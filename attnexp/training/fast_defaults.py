@@ -63,14 +63,16 @@ def resolve_channels_last(value: Any, device: str) -> bool:
     return {"cuda": True, "cpu": CPU_CHANNELS_LAST}.get(device, False)
 
 
-def resolve_compile(value: Any) -> bool | dict[str, Any]:
-    """``auto`` is off on every device: compiling costs minutes per model and is opt-in.
-    ``true`` or a dict of ``torch.compile`` options pass through."""
-    if value in AUTO:
-        return False
+def resolve_compile(value: Any) -> str | bool | dict[str, Any]:
+    """``auto`` stays ``"auto"``: whether compiling pays depends on the run's length and step
+    time, decided during fit by :class:`attnexp.training.compile.CompileWhenItPays`.
+    ``true``/``false`` or a dict of ``torch.compile`` options pass through."""
+    from attnexp.training.compile import parse
+
+    mode, _ = parse(value)
     if isinstance(value, Mapping):
         return dict(value)
-    return bool(_flag("compile", value))
+    return "auto" if mode == "auto" else mode == "on"
 
 
 def resolve_precision(value: Any, accelerator: str | None = "auto") -> str:
@@ -122,8 +124,8 @@ def apply(
     """Resolve ``training.channels_last`` / ``training.compile`` and the optimiser step kernel
     for the device ``accelerator`` selects.
 
-    Returns the ``training`` options with ``channels_last`` a bool and ``compile`` a bool or
-    an options dict, and the optimiser factory (with ``fused``/``foreach`` where it helps).
+    Returns the ``training`` options with ``channels_last`` a bool and ``compile`` ``"auto"``, a
+    bool or an options dict, and the optimiser factory (with ``fused``/``foreach`` where it helps).
     """
     device = device_type(accelerator)
     options = dict(training or {})
@@ -140,5 +142,5 @@ def describe(accelerator: str | None = "auto", precision: Any = "auto") -> dict[
         "precision": resolve_precision(precision, accelerator),
         "channels_last": resolve_channels_last("auto", device),
         "optimizer_step": STEP_KERNEL.get(device, "default"),
-        "compile": False,
+        "compile": "auto (compiled when the run is long enough to pay for it)",
     }

@@ -65,7 +65,7 @@ class ClassificationModule(L.LightningModule):
         label_smoothing: float = 0.0,
         no_decay_bn_bias: bool = False,
         channels_last: bool = False,
-        compile: bool | Mapping[str, Any] = False,
+        compile: bool | str | Mapping[str, Any] = False,
         batch_size: int | None = None,
         base_batch_size: int | None = None,
         nonfinite_check_every: int = 1,
@@ -104,9 +104,15 @@ class ClassificationModule(L.LightningModule):
         )
         if channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
-        if compile:
-            # In place (nn.Module.compile): parameter names and checkpoints stay unchanged.
-            self.model.compile(**(dict(compile) if isinstance(compile, Mapping) else {}))
+        #: training.compile (auto | True | False | torch.compile options), applied during fit
+        #: by attnexp.training.compile.CompileWhenItPays; what it decided lands here.
+        self.compile_setting = compile
+        self.compile_decision: dict[str, Any] | None = None
+
+    def configure_callbacks(self) -> list[L.Callback]:
+        from attnexp.training.compile import CompileWhenItPays
+
+        return [CompileWhenItPays(self.compile_setting)]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.channels_last:

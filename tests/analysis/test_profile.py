@@ -140,7 +140,7 @@ def test_fast_defaults_resolve_per_device() -> None:
     assert fast_defaults.resolve_channels_last("auto", "cuda") is True
     assert fast_defaults.resolve_channels_last("auto", "cpu") is fast_defaults.CPU_CHANNELS_LAST
     assert fast_defaults.resolve_channels_last(True, "cpu") is True
-    assert fast_defaults.resolve_compile("auto") is False
+    assert fast_defaults.resolve_compile("auto") == "auto"  # decided during fit
     assert fast_defaults.resolve_compile({"mode": "max-autotune"}) == {"mode": "max-autotune"}
     assert fast_defaults.resolve_precision("auto", "cpu") == "32-true"
     assert fast_defaults.resolve_precision("16-mixed", "cpu") == "16-mixed"
@@ -167,7 +167,7 @@ def test_fast_optimizer_kernels() -> None:
     training, factory = fast_defaults.apply(
         {"channels_last": "auto", "compile": "auto"}, sgd, "cpu"
     )
-    assert training == {"channels_last": fast_defaults.CPU_CHANNELS_LAST, "compile": False}
+    assert training == {"channels_last": fast_defaults.CPU_CHANNELS_LAST, "compile": "auto"}
     assert factory.keywords[cpu_kernel] is True
 
 
