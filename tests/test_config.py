@@ -19,13 +19,19 @@ SKIPPED_GROUPS = {"hydra", "local"}
 
 
 def _group_options() -> list[tuple[str, str]]:
-    options = []
-    for group in sorted(p for p in CONF.iterdir() if p.is_dir() and not p.name.startswith("_")):
-        if group.name in SKIPPED_GROUPS:
-            continue
-        for file in sorted(group.glob("*.yaml")):
-            options.append((group.name, file.stem))
-    return options
+    """Every option of every group: YAML files and the nodes generated from the attention
+    registry (``attention``, ``conv``: attnexp/zoo_configs.py)."""
+    from hydra.core.config_store import ConfigStore
+
+    from attnexp.experiments import group_options
+
+    groups = {p.name for p in CONF.iterdir() if p.is_dir() and not p.name.startswith("_")}
+    groups |= {g for g in ConfigStore.instance().list("") if not g.endswith(".yaml")}
+    return [
+        (group, option)
+        for group in sorted(groups - SKIPPED_GROUPS)
+        for option in group_options(group)
+    ]
 
 
 def test_every_group_has_options() -> None:
