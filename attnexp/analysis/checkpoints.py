@@ -22,11 +22,10 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from torch import nn
 
 from attnexp.errors import ConfigError
+from attnexp.results import RunDir
+from attnexp.results.rundir import CHECKPOINT_DIR, CONFIG_FILE, METRICS_FILE
 
-CHECKPOINT_DIR = "checkpoints"
-HYDRA_CONFIG = ".hydra/config.yaml"
-HYDRA_OVERRIDES = ".hydra/overrides.yaml"
-METRICS_FILE = "metrics.json"
+HYDRA_CONFIG = CONFIG_FILE  # the run dir layout lives in attnexp.results.RunDir
 #: Override keys that say where or how verbosely a run ran, not what it is.
 _NOISE_PREFIXES = (
     "paths.",
@@ -55,7 +54,7 @@ class LoadedModel:
 
 
 def _is_run_dir(path: Path) -> bool:
-    return (path / HYDRA_CONFIG).is_file() or (path / METRICS_FILE).is_file()
+    return RunDir(path).is_run()
 
 
 def find_checkpoint(path: str | Path, which: str = "best") -> Path:
@@ -76,9 +75,8 @@ def find_checkpoint(path: str | Path, which: str = "best") -> Path:
         raise ConfigError(
             f"checkpoint path {p} does not exist (expected a run dir or a .ckpt file)"
         )
-    folder = p if p.name == CHECKPOINT_DIR else p / CHECKPOINT_DIR
-    best = sorted(folder.glob("best*.ckpt"), key=lambda f: (f.stat().st_mtime, f.name))
-    last = folder / "last.ckpt"
+    run = RunDir(p.parent if p.name == CHECKPOINT_DIR else p)
+    folder, best, last = run.checkpoint_dir, run.best_checkpoints(), run.last_checkpoint
     order = [*reversed(best), last] if which == "best" else [last, *reversed(best)]
     for candidate in order:
         if candidate.is_file():
@@ -91,10 +89,8 @@ def find_checkpoint(path: str | Path, which: str = "best") -> Path:
 
 def run_dir_of(checkpoint: Path) -> Path | None:
     """The run directory a checkpoint belongs to (the nearest ancestor with a run record)."""
-    for parent in checkpoint.resolve().parents:
-        if _is_run_dir(parent):
-            return parent
-    return None
+    run = RunDir.of(checkpoint.resolve().parent)
+    return run.path if run is not None else None
 
 
 def load_run_config(run_dir: Path) -> DictConfig:
@@ -105,14 +101,12 @@ def load_run_config(run_dir: Path) -> DictConfig:
     from attnexp.runtime import register_resolvers
 
     register_resolvers()
-    hydra_cfg, metrics = run_dir / HYDRA_CONFIG, run_dir / METRICS_FILE
-    if hydra_cfg.is_file():
-        cfg = OmegaConf.load(hydra_cfg)
-    elif metrics.is_file() and "config" in (record := json.loads(metrics.read_text())):
-        cfg = OmegaConf.create(record["config"])
-    else:
+    run = RunDir(run_dir)
+    cfg = run.load_config()
+    if cfg is None:
         raise ConfigError(
-            f"no config for run {run_dir}: looked for {hydra_cfg} and a 'config' entry in {metrics}"
+            f"no config for run {run_dir}: looked for {run.config_file} and a 'config' entry "
+            f"in {run.metrics_file}"
         )
     assert isinstance(cfg, DictConfig)
     with open_dict(cfg):
@@ -191,15 +185,7 @@ def short_label(cfg: DictConfig) -> str:
 
 def run_overrides(run_dir: Path) -> list[str]:
     """The command-line overrides of a run (Hydra's overrides.yaml or metrics.json)."""
-    path = run_dir / HYDRA_OVERRIDES
-    if path.is_file():
-        return [str(o) for o in OmegaConf.load(path)]
-    metrics = run_dir / METRICS_FILE
-    if metrics.is_file():
-        return [
-            str(o) for o in json.loads(metrics.read_text()).get("hydra", {}).get("overrides", [])
-        ]
-    return []
+    return RunDir(run_dir).overrides()
 
 
 def _flat(node: Any, prefix: str = "") -> dict[str, str]:
