@@ -89,7 +89,7 @@ def test_errors_equal_a_one_process_evaluation_of_the_checkpoint(ddp) -> None:
         assert rec["final"]["val_loss"] == pytest.approx(single["val"]["loss"], rel=1e-5)
     # error rates are multiples of 100/1001: the counts came from exactly 1,001 images
     count = rec["test"]["top1_err"] * 1001 / 100
-    assert abs(count - round(count)) < 1e-6
+    assert abs(count - round(count)) < 1e-3  # float32 percentages
 
 
 def test_both_ranks_end_with_identical_weights(ddp) -> None:
@@ -140,8 +140,14 @@ def test_ddp_spawn_records_what_ddp_records(ddp, tmp_path: Path) -> None:
     assert len(summary_lines(output)) == 1
     assert len(list((run_dir / "wandb").glob("offline-run-*"))) == 1
     ref, got = record(ddp["runs"][0]), record(run_dir)
-    for key in ("status", "epochs", "global_step", "best", "test", "final"):
+    for key in ("status", "epochs", "global_step", "best"):
         assert got[key] == ref[key], key
+    for part in ("test", "final"):  # errors exactly; losses up to float32 summation order
+        for key, value in ref[part].items():
+            if isinstance(value, float) and "loss" in key:
+                assert got[part][key] == pytest.approx(value, rel=1e-6), (part, key)
+            else:
+                assert got[part][key] == value, (part, key)
     for key in ("lr", "world_size", "per_device_batch", "global_batch"):
         assert got["training"][key] == ref["training"][key], key
     assert got["throughput"]["train_images_per_s"] is not None
