@@ -147,6 +147,8 @@ class CBAM(AttentionModule):
         zero_init_spatial_bn: start the spatial BN's scale at 0, i.e. the spatial gate at a
             constant 0.5, as the official ResNet code does (not in the paper). Default
             False (the paper).
+
+    Identity start: the exact blend of ``AttentionModule.reset_to_identity`` (alpha = 0).
     """
 
     def __init__(
@@ -216,6 +218,8 @@ class CBAMChannel(AttentionModule):
     """CBAM's channel gate alone (eq. 2; table 1: ``avg`` = SE, ``max``, ``avg_max``).
 
     Same layers and parameter names as ``cbam``'s ``channel_gate``.
+
+    Identity start: the exact blend of ``AttentionModule.reset_to_identity`` (alpha = 0).
     """
 
     def __init__(
@@ -244,6 +248,8 @@ class CBAMSpatial(AttentionModule):
 
     Same layers and parameter names as ``cbam``'s ``spatial_gate``; 2*k*k + 2 parameters
     with ``avg_max`` (k=7: 100).
+
+    Identity start: the exact blend of ``AttentionModule.reset_to_identity`` (alpha = 0).
     """
 
     def __init__(
@@ -306,6 +312,8 @@ class BAM(AttentionModule):
         dilation: d of the two 3x3 convs (paper: 4); padding = d keeps the map size.
         combine: ``sum`` (default, the paper) or ``product`` (the official code).
         use_channel, use_spatial: channel-only / spatial-only ablations (paper table 1).
+
+    Identity start: the exact blend of ``AttentionModule.reset_to_identity`` (alpha = 0).
     """
 
     def __init__(
@@ -406,6 +414,8 @@ class TripletAttention(AttentionModule):
         channels: C (unused by the layers; kept for the registry's signature).
         kernel_size: k, odd (paper: 7).
         no_spatial: drop the (H, W) branch (paper's ablation).
+
+    Identity start: the exact blend of ``AttentionModule.reset_to_identity`` (alpha = 0).
     """
 
     def __init__(self, channels: int, kernel_size: int = 7, no_spatial: bool = False) -> None:

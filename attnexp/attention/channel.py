@@ -79,6 +79,8 @@ class SqueezeExcitation(AttentionModule):
         squeeze: ``avg`` (the paper) or ``max`` global pooling (TPAMI table 11).
         excitation: the gate nonlinearity, ``sigmoid`` (the paper), ``tanh`` or ``relu``
             (TPAMI table 12).
+
+    Identity start: the exact blend of ``AttentionModule.reset_to_identity`` (alpha = 0).
     """
 
     def __init__(
@@ -138,6 +140,8 @@ class ECA(AttentionModule):
         kernel_size: ``"adaptive"`` (eq. 12, the paper's default) or an explicit odd int
             (figure 4 sweeps 3..9). Even sizes are refused.
         gamma, b: the constants of the adaptive rule (paper: 2 and 1).
+
+    Identity start: the exact blend of ``AttentionModule.reset_to_identity`` (alpha = 0).
     """
 
     def __init__(
@@ -187,6 +191,8 @@ class SRM(AttentionModule):
     official code uses the unbiased one (1/(HW-1)), which is the same up to a constant per
     resolution that the learned weight absorbs, and which is NaN on 1x1 maps. The CFC
     weights start at zero as in the official code (the gate starts at sigmoid(0) = 0.5).
+
+    Identity start: the exact blend of ``AttentionModule.reset_to_identity`` (alpha = 0).
     """
 
     def __init__(self, channels: int) -> None:
@@ -229,6 +235,8 @@ class GSoP(AttentionModule):
         reduced_dim: d, the reduced width before covariance pooling (paper: 128); capped
             at C.
         reduce_stride: stride of the reduction conv (1 or 2).
+
+    Identity start: the exact blend of ``AttentionModule.reset_to_identity`` (alpha = 0).
     """
 
     def __init__(self, channels: int, reduced_dim: int = 128, reduce_stride: int = 1) -> None:
@@ -296,6 +304,8 @@ class GatherExcite(AttentionModule):
         feature_size: spatial size S of the input (S x S), needed only for
             ``gather="conv", extent="global"`` (per stage via the placement's
             ``stage_options``, e.g. [56, 28, 14, 7] on an ImageNet ResNet-50).
+
+    Identity start: the exact blend of ``AttentionModule.reset_to_identity`` (alpha = 0).
     """
 
     def __init__(

@@ -55,6 +55,8 @@ class CoordinateAttention(AttentionModule):
     Args:
         channels: C.
         reduction: r (paper: 32).
+
+    Identity start: the exact blend of ``AttentionModule.reset_to_identity`` (alpha = 0).
     """
 
     def __init__(self, channels: int, reduction: int = 32) -> None:
@@ -104,6 +106,8 @@ class SimAM(AttentionModule):
     Args:
         channels: C (unused; parameter-free).
         e_lambda: lambda, the energy's regulariser (paper: 1e-4).
+
+    Identity start: the exact blend of ``AttentionModule.reset_to_identity`` (alpha = 0).
     """
 
     def __init__(self, channels: int, e_lambda: float = 1e-4) -> None:
@@ -163,6 +167,8 @@ class SpatialGroupEnhance(AttentionModule):
     Args:
         channels: C.
         groups: G, the requested number of groups (paper: 64).
+
+    Identity start: the exact blend of ``AttentionModule.reset_to_identity`` (alpha = 0).
     """
 
     def __init__(self, channels: int, groups: int = 64) -> None:
@@ -216,6 +222,8 @@ class ShuffleAttention(AttentionModule):
     Args:
         channels: C (even).
         groups: G, the requested number of groups (paper: 64).
+
+    Identity start: the exact blend of ``AttentionModule.reset_to_identity`` (alpha = 0).
     """
 
     def __init__(self, channels: int, groups: int = 64) -> None:
@@ -281,6 +289,8 @@ class PolarizedSelfAttention(AttentionModule):
     Args:
         channels: C.
         mode: ``parallel`` (PSA_p, default) or ``sequential`` (PSA_s).
+
+    Identity start: the exact blend of ``AttentionModule.reset_to_identity`` (alpha = 0).
     """
 
     def __init__(self, channels: int, mode: Literal["parallel", "sequential"] = "parallel") -> None:
