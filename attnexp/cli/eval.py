@@ -116,6 +116,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(__doc__)
         return
     try:
+        from attnexp.plugins import load_imports
+
+        load_imports(argv)  # imports=[...] (and entry points) before any composition
         run(argv)
     except (ConfigError, FileExistsError) as err:
         print_config_error(ConfigError(str(err)), "attnexp-eval")

@@ -63,6 +63,7 @@ def _main(argv: Sequence[str] | None) -> int:
     from attnexp.analysis import profile as prof
     from attnexp.errors import ConfigError
     from attnexp.models.__main__ import placements_table
+    from attnexp.plugins import load_imports
 
     args = _parser().parse_intermixed_args(argv)
     console = Console(width=None if sys.stdout.isatty() else 200)
@@ -75,6 +76,7 @@ def _main(argv: Sequence[str] | None) -> int:
         speed=not args.no_speed,
     )
     overrides = list(args.overrides)
+    load_imports(overrides)  # imports=[...]: user modules named in the overrides
     if zoo:
         jobs = prof.zoo_jobs(overrides)
     elif args.multirun or any(prof.is_sweep(o) for o in overrides):

@@ -55,9 +55,11 @@ def print_resolved(part: str, argv: list[str]) -> None:
     from hydra.core.global_hydra import GlobalHydra
     from hydra.core.hydra_config import HydraConfig
 
+    from attnexp.plugins import load_imports
     from attnexp.runtime import register_resolvers
 
     register_resolvers()
+    load_imports(argv)  # imports=[...]: user modules named by the overrides
     flags = {"--cfg", "-c", "--resolve", "-m", "--multirun"}
     overrides = [a for a in argv if a not in flags and a not in ("hydra", "all", "job")]
     GlobalHydra.instance().clear()

@@ -220,6 +220,9 @@ def draw_curves(args: VizArgs) -> Path:
 
 def run(argv: Sequence[str]) -> list[Path]:
     """Parse ``argv`` and draw; returns the files written."""
+    from attnexp.plugins import load_imports
+
+    load_imports(argv)  # imports=[...] (and entry points): user modules of the run
     args = parse_args(argv)
     if args.as_int("threads") > 0:
         import torch
