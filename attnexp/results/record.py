@@ -74,6 +74,8 @@ class ModuleSpec:
     blocks: Any = None  # "all" | "first" | "last" | "every_k" | a list of block indices
     stage_options: dict[str, Any] = field(default_factory=dict)
     sites: list[str] | None = None  # conv modules: the convs of a block they replace
+    #: Other keys of the placement node (e.g. ``init: identity``).
+    placement: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def from_config(
@@ -88,6 +90,7 @@ class ModuleSpec:
         if node.get("name") in (None, "", "none"):
             return None
         where = {**{k: node.pop(k) for k in PLACEMENT_KEYS if k in node}, **_plain(placement or {})}
+        other = {k: v for k, v in where.items() if k not in PLACEMENT_KEYS}
         name = str(node.pop("name", "none"))
         return cls(
             name=name,
@@ -97,6 +100,7 @@ class ModuleSpec:
             blocks=where.get("blocks"),
             stage_options=dict(where.get("stage_options") or {}),
             sites=list(where["sites"]) if where.get("sites") is not None else None,
+            placement=other,
         )
 
     def label(self) -> str:
@@ -110,6 +114,8 @@ class ModuleSpec:
             text += f" stages={_short(self.stages)}"
         if self.blocks not in (None, "all"):
             text += f" blocks={_short(self.blocks)}"
+        if self.placement.get("init") not in (None, "default"):
+            text += f" init={self.placement['init']}"
         return text
 
 

@@ -85,6 +85,14 @@ def test_newer_schema_is_refused() -> None:
         RunRecord.from_dict({"schema_version": SCHEMA_VERSION + 1})
 
 
+def test_other_placement_keys_are_kept() -> None:
+    config = {"attention": {"name": "se"}, "placement": {"position": "auto", "init": "identity"}}
+    spec = AttentionSpec.from_config(config)
+    assert spec.main is not None and spec.main.placement == {"init": "identity"}
+    assert spec.label() == "se init=identity"
+    assert AttentionSpec.from_dict(spec.to_dict()) == spec
+
+
 def test_attention_spec_from_a_config_without_attention() -> None:
     spec = AttentionSpec.from_config({"attention": {"name": "none"}, "conv": None})
     assert spec.main is None and spec.conv is None and spec.label() == "none"
