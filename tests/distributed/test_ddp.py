@@ -152,3 +152,43 @@ def test_ddp_spawn_records_what_ddp_records(ddp, tmp_path: Path) -> None:
         assert got["training"][key] == ref["training"][key], key
     assert got["throughput"]["train_images_per_s"] is not None
     assert (run_dir / "csv" / "metrics.csv").read_text().count("test/top1_err") == 1
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_two_nodes_of_one_process_equal_one_node_of_two(ddp, tmp_path: Path) -> None:
+    """trainer.num_nodes=2 started as Lightning documents for a cluster without a scheduler:
+    the same command on every node with MASTER_ADDR/MASTER_PORT/NODE_RANK/WORLD_SIZE (here two
+    local "nodes" of one CPU process each, rendezvous on 127.0.0.1); the run dir is pinned
+    with hydra.run.dir so both nodes write to one run."""
+    run_dir = tmp_path / "run"
+    port = str(_free_port())
+    procs = []
+    for node in (0, 1):
+        env = env_with(
+            MASTER_ADDR="127.0.0.1", MASTER_PORT=port, NODE_RANK=str(node), WORLD_SIZE="2",
+            LOCAL_RANK="0",
+        )  # fmt: skip
+        args = [*TINY_DDP, "trainer.num_nodes=2", "trainer.devices=1", "trainer.strategy=ddp",
+                f"hydra.run.dir={run_dir}"]  # fmt: skip
+        if node:
+            args.append("hydra.output_subdir=null")  # node 0 keeps the run's config
+        procs.append(start(args, cwd=tmp_path, env=env))
+    outputs = [finish(p) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outputs[0][-3000:] + outputs[1][-3000:]
+    assert len(summary_lines(outputs[0])) == 1 and not summary_lines(outputs[1])
+    ref, got = record(ddp["runs"][0]), record(run_dir)
+    assert got["training"]["world_size"] == 2
+    for key in ("epochs", "global_step", "final", "best", "test"):
+        assert got[key] == ref[key], key
+    assert not same_tensors(
+        weights(ddp["runs"][0] / "checkpoints" / "last.ckpt"),
+        weights(run_dir / "checkpoints" / "last.ckpt"),
+    )
