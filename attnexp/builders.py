@@ -157,6 +157,7 @@ def build_trainer(cfg: DictConfig, callbacks: list[L.Callback], loggers: list[An
     from attnexp.training import fast_defaults
     from attnexp.training.callbacks import ExactResume
     from attnexp.training.checkpoint_io import AtomicCheckpointIO
+    from attnexp.training.spawn import FitState
 
     kwargs = dict(to_dict(cfg.trainer))
     precision = str(kwargs.get("precision", "auto"))
@@ -177,7 +178,7 @@ def build_trainer(cfg: DictConfig, callbacks: list[L.Callback], loggers: list[An
         from lightning.pytorch.callbacks import LearningRateMonitor
 
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
-    callbacks = [*callbacks, ExactResume()]
+    callbacks = [*callbacks, ExactResume(), FitState()]  # FitState: ddp_spawn results
     trainer = L.Trainer(callbacks=callbacks, logger=loggers or False, plugins=plugins, **kwargs)
     distributed = trainer.world_size > 1 or "ddp" in type(trainer.strategy).__name__.lower()
     if training.get("sync_bn") and distributed and trainer.strategy.root_device.type == "cpu":

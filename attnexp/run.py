@@ -178,6 +178,9 @@ class _Run:
             ),
             training=TrainingInfo(
                 lr=getattr(self.module, "effective_lr", None),
+                per_device_batch=_safe(lambda: int(cfg.data.batch_size)),
+                world_size=int(trainer.world_size) if trainer is not None else None,
+                global_batch=_safe(lambda: self.module.global_batch_size()),
                 ema=ema is not None,
                 ema_decay=ema.decay if ema is not None else None,
                 resumed_from=str(plan.checkpoint) if plan else None,
@@ -278,6 +281,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     Raises whatever stopped the run, after recording it in metrics.json (status failed or
     interrupted); the caller (``attnexp-train``) decides what a failure means for a sweep.
     """
+    from attnexp import hardware
+
+    hardware.sync_rank_zero_only(cfg)  # node 1's first process must not act as rank 0
     run = _Run(cfg)
     status = "failed"
     try:
@@ -292,13 +298,15 @@ def train(cfg: DictConfig) -> dict[str, Any]:
                     "reason": run.plan.reason,
                 }
             ]
-            print(
-                f"[attnexp] resuming {run.plan.run_dir} from {run.plan.checkpoint.name} "
-                f"(epoch {run.plan.epoch}, step {run.plan.global_step})"
-            )
+            if _is_rank_zero():
+                print(
+                    f"[attnexp] resuming {run.plan.run_dir} from {run.plan.checkpoint.name} "
+                    f"(epoch {run.plan.epoch}, step {run.plan.global_step})"
+                )
         # Every schema and consistency check before the run dir is created or a seed set.
         check_config(run.cfg)
-        _save_config(run.cfg)
+        if _is_rank_zero():
+            _save_config(run.cfg)
         record = _train(run)
         status = "completed"
     except BaseException as err:
@@ -370,6 +378,12 @@ def _train(run: _Run) -> RunRecord:
     # built, or its initial weights differ from run to run (resume/DDP equality tests).
     L.seed_everything(int(cfg.seed), workers=True, verbose=False)
     backbone = validate_config(cfg)
+    from attnexp import hardware
+
+    hc = _hydra_runtime()
+    multirun = hc is not None and getattr(hc.mode, "name", None) == "MULTIRUN"
+    hardware.check_not_reexecuting_sweep(cfg, multirun=multirun)
+    hardware.apply_global_batch(cfg)  # data.global_batch -> per-device data.batch_size
     run.datamodule = builders_datamodule(cfg)
     image_size = int(cfg.data.get("image_size", 32))
     run.costs = count_costs(backbone, (1, 3, image_size, image_size))
@@ -386,6 +400,9 @@ def _train(run: _Run) -> RunRecord:
     ckpt_path = str(run.plan.checkpoint) if run.plan is not None else None
     trainer.fit(run.module, datamodule=run.datamodule, ckpt_path=ckpt_path)
     run.fit_seconds = time.time() - fit_start
+    from attnexp.training.spawn import restore_fit_state
+
+    restore_fit_state(trainer, run.module)  # ddp_spawn: the fit ran in other processes
     run.fit_metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
 
     if cfg.get("test", True) and not trainer.fast_dev_run:

@@ -31,8 +31,11 @@ def latest_sweep(path: Path) -> Path:
     if (path / "multirun").is_dir():
         path = path / "multirun"
     subdirs = sorted(p for p in path.iterdir() if p.is_dir() and not p.name.startswith("."))
+    # A folder without any run record (a sweep refused or killed before its first job) is
+    # not a sweep to tabulate.
+    subdirs = [p for p in subdirs if next(p.rglob("metrics.json"), None) is not None]
     if not subdirs:
-        raise ConfigError(f"no sweep directories in {path}")
+        raise ConfigError(f"no sweep directories with runs (metrics.json) in {path}")
     return subdirs[-1]
 
 
