@@ -39,6 +39,7 @@ from torch import nn
 from attnexp.attention.base import AttentionModule
 from attnexp.attention.options import (
     SafeBatchNorm2d,
+    check_flag,
     check_groups,
     check_int,
     check_int_list,
@@ -125,6 +126,7 @@ class PlainConv(AttentionModule):
         name = "conv3x3"
         kernel_size = check_odd(name, "kernel_size", kernel_size)
         dilation = check_int(name, "dilation", dilation)
+        bias = check_flag(name, "bias", bias)
         groups = check_groups(
             name, "groups", groups, ("in_channels", in_channels), ("out_channels", out_channels)
         )
@@ -194,6 +196,8 @@ class SelectiveKernelConv(AttentionModule):
         )
         reduction = check_int(name, "reduction", reduction)
         min_dim = check_int(name, "min_dim", min_dim)
+        dilated = check_flag(name, "dilated", dilated)
+        attention = check_flag(name, "attention", attention)
         self.kernels = kernels
         self.groups = groups
         self.attention = bool(attention)
@@ -469,6 +473,7 @@ class DynamicConv(AttentionModule):
         self.initial_temperature = check_number(name, "temperature", temperature, 0)
         self.final_temperature = check_number(name, "final_temperature", final_temperature, 0)
         self.anneal_epochs = check_int(name, "anneal_epochs", anneal_epochs, low=0)
+        bias = check_flag(name, "bias", bias)
         self.stride = stride
         self.kernels = kernels
         self.weight = _expert_bank(kernels, out_channels, in_channels)

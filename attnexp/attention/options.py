@@ -91,6 +91,7 @@ def check_number(
 ) -> float:
     """Return ``value`` as a float if it is a number in the interval; else a ConfigError."""
     ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    ok = ok and math.isfinite(value)  # type: ignore[arg-type]  # inf/nan: never a setting
     if ok:
         ok = value >= low if low_inclusive else value > low  # type: ignore[operator]
     if ok and high is not None:

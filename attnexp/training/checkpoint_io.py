@@ -29,6 +29,11 @@ def atomic_torch_save(obj: Any, path: str | Path) -> None:
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
+    except OSError as err:  # disk full, quota, read-only: name the checkpoint and the cause
+        tmp.unlink(missing_ok=True)
+        if err.filename:
+            raise
+        raise OSError(err.errno, f"{err.strerror} (checkpoint not written)", str(path)) from err
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

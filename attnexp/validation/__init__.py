@@ -53,11 +53,16 @@ def find_problems(
     from attnexp.validation import environment as env
     from attnexp.validation.declared import is_declared
 
-    import_user_code(cfg.get("imports"))  # user modules register before names are checked
     if isinstance(cfg, DictConfig):
         data, problems, links = plain(cfg)
     else:
         data, problems, links = dict(cfg), [], {}
+    imports = data.get("imports")
+    if isinstance(imports, list) and all(isinstance(i, str) for i in imports):
+        try:  # user modules register before names are checked
+            import_user_code(imports)
+        except ConfigError as err:
+            problems.append(Problem("imports", f"`imports`: {err}", "unknown_choice"))
     found = groups.check_groups(data)
     if not strict:
         found = [p for p in found if not (p.kind == "unknown_key" and is_declared(p.key))]

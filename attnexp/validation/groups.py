@@ -194,8 +194,9 @@ def _conv(conv: Any) -> list[Problem]:
 
     module = conv if isinstance(conv, Mapping) else {"name": conv}
     name = module.get("name")
-    if name not in available("conv"):
-        return [_choice("conv", name, "conv-kind module", available("conv"))]
+    if not isinstance(name, str) or name not in available("conv"):
+        key = "conv.name" if isinstance(conv, Mapping) else "conv"
+        return [_choice(key, name, "conv-kind module", available("conv"))]
     from attnexp.models.placement import CONV_PLACEMENT_KEYS
 
     # the conv mapping also says where the module goes (conv.sites, conv.stages, ...)

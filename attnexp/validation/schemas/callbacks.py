@@ -55,6 +55,13 @@ class PreciseBNSchema(_Entry):
     num_batches: PosInt = 50
 
 
+class ProgressSchema(_Entry):
+    mode: Literal["auto", "rich", "plain"] = "auto"
+    every_seconds: Annotated[float, Field(gt=0.0, allow_inf_nan=False)] = 30.0
+    every_n_steps: PosInt | None = None
+    leave: bool = False
+
+
 class LearningRateMonitorSchema(_Entry):
     logging_interval: Literal["step", "epoch"] | None = None
 
@@ -92,6 +99,7 @@ BY_TARGET: dict[str, type[_Entry]] = {
     "attnexp.training.callbacks.EMA": EMASchema,
     "attnexp.training.precise_bn.PreciseBN": PreciseBNSchema,
     "lightning.pytorch.callbacks.LearningRateMonitor": LearningRateMonitorSchema,
+    "attnexp.training.progress.progress_bar": ProgressSchema,
     "attnexp.analysis.wandb_viz.AttentionMapLogger": AttentionMapsSchema,
     "attnexp.training.loggers.CSVLogger": CSVLoggerSchema,
     "attnexp.training.loggers.WandbLogger": WandbLoggerSchema,

@@ -49,8 +49,19 @@ class TableSchema(Schema):
     reference: str | None = None
     row: str | int | None = None
     label: str | None = None
-    baseline: dict[str, Any] | None = None
+    baseline: dict[str, str | int | float | bool | None] | None = Field(
+        None, description="null or a mapping of swept key -> the baseline row's value"
+    )
+    analogue: dict[str, str] | None = Field(
+        None, description="null or a mapping of our backbone -> the paper's (a CIFAR analogue)"
+    )
     protocol: Literal["from_scratch", "fine_tune", "pretrained"] | None = None
+
+
+class RecipeEntrySchema(Schema):
+    text: str = ""
+    max_epochs: Annotated[int, Field(ge=1)] | None = None
+    milestones: list[Annotated[int, Field(ge=1)]] | None = None
 
 
 class RecipeSchema(Schema):
@@ -58,8 +69,8 @@ class RecipeSchema(Schema):
     the preset's trainer/scheduler keys interpolate."""
 
     source: Literal["paper", "official"] = "paper"
-    paper: dict[str, Any] | None = None
-    official: dict[str, Any] | None = None
+    paper: RecipeEntrySchema | None = None
+    official: RecipeEntrySchema | None = None
 
 
 class TopSchema(Schema):
