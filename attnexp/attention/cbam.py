@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from attnexp.attention import fused
 from attnexp.attention.base import AttentionModule
 from attnexp.attention.options import (
     SafeBatchNorm1d,
@@ -61,7 +62,7 @@ class _CBAMChannelGate(nn.Module):
         self.fc2 = nn.Linear(hidden, channels)
 
     def _mlp(self, z: torch.Tensor) -> torch.Tensor:
-        return self.fc2(F.relu(self.fc1(z)))
+        return fused.linear(F.relu(fused.linear(z, self.fc1)), self.fc2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) -> gate (B, C) in (0, 1)."""
@@ -70,7 +71,8 @@ class _CBAMChannelGate(nn.Module):
         elif self.pool == "max":
             logits = self._mlp(x.amax((2, 3)))
         else:
-            logits = self._mlp(x.mean((2, 3))) + self._mlp(x.amax((2, 3)))
+            # = mlp(avg) + mlp(max), both descriptors in one pass through the MLP
+            logits = fused.shared_mlp_sum(self._mlp, x.mean((2, 3)), x.amax((2, 3)))
         return torch.sigmoid(logits)
 
 

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from attnexp.attention import fused
 from attnexp.attention.base import AttentionModule
 from attnexp.attention.options import (
     SafeBatchNorm1d,
@@ -100,7 +101,7 @@ class SqueezeExcitation(AttentionModule):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         z = x.mean((2, 3)) if self.squeeze == "avg" else x.amax((2, 3))
-        logits = self.fc2(F.relu(self.fc1(z)))
+        logits = fused.linear(F.relu(fused.linear(z, self.fc1)), self.fc2)
         if self.excitation == "sigmoid":
             s = torch.sigmoid(logits)
         elif self.excitation == "tanh":
@@ -163,7 +164,7 @@ class ECA(AttentionModule):
         self.conv = nn.Conv1d(1, 1, k, padding=(k - 1) // 2, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.conv(x.mean((2, 3)).unsqueeze(1)).squeeze(1)  # (B, C)
+        y = fused.channel_conv1d(x.mean((2, 3)), self.conv)  # (B, C)
         s = torch.sigmoid(y)
         self.expose("channel", s)
         return x * s[:, :, None, None].to(x.dtype)

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from attnexp.attention import fused
 from attnexp.attention.base import AttentionModule
 from attnexp.attention.options import check_choice, check_flag, check_int, check_number
 from attnexp.attention.registry import register
@@ -234,8 +235,8 @@ class GlobalContextBlock(AttentionModule):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, h, w = x.shape
         if self.pooling == "att":
-            weights = self.context_conv(x).flatten(2).softmax(dim=-1)  # (B, 1, HW)
-            context = torch.einsum("bcn,bn->bc", x.flatten(2), weights[:, 0])
+            weights = fused.conv1x1_to_one(x, self.context_conv).flatten(2).softmax(dim=-1)
+            context = fused.weighted_pool(x, weights)  # (B, C): sum_hw x * weights
         else:
             weights = x.new_full((b, 1, h * w), 1.0 / (h * w))
             context = x.mean((2, 3))
