@@ -18,6 +18,10 @@ per-round paired ratios.
   (d) defaults  channels_last vs contiguous training steps (ResNet-20 and ResNet-50) and the
              SGD step kernels (for-loop / foreach / fused) on this device: the evidence
              behind attnexp.training.fast_defaults.
+  (e) compile  every gate/stage module's overhead eager and torch.compile'd (with the fused
+             gate formulations) over the same plain backbone, MAC ratio, compiled / eager,
+             compile time and compiled-vs-eager logits (scripts/bench_compile.py); not in
+             the default sections (it compiles 2 models per module).
 
     python scripts/bench.py                 # all sections (about 30 min on 2 CPU cores)
     python scripts/bench.py --quick         # smaller batches and fewer steps (a few min)
@@ -47,6 +51,9 @@ from torch import nn
 from attnexp.analysis.profile import cpu_model
 from attnexp.models import build_model
 from attnexp.models.costs import count_costs
+
+sys.path.insert(0, str(Path(__file__).parent))
+import bench_compile as bench_compile_mod  # noqa: E402  (section e, next to this file)
 
 MODULES = ("none", "se", "cbam", "eca")
 RESULTS: dict[str, Any] = {}
@@ -434,7 +441,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, help="interleaved rounds (default 10, quick 3)")
     parser.add_argument("--warmup", type=int, help="warm-up steps per model (default 2, quick 1)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--sections", default="a,b,c,d", help="any of a,b,c,d")
+    parser.add_argument("--sections", default="a,b,c,d", help="any of a,b,c,d,e")
     parser.add_argument("--modules", default=",".join(MODULES), help="for (a)/(b)")
     parser.add_argument("--channels-last", action="store_true", help="NHWC in (a)/(b)")
     parser.add_argument("--cifar-models", default=None, help="default resnet20,resnet56")
@@ -444,7 +451,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, help="(c) alternating repeats (default 2)")
     parser.add_argument("--threads", type=int, help="torch intra-op threads (default: all)")
     parser.add_argument("--json", type=Path, help="write the results here")
+    bench_compile_mod.add_arguments(parser)
     args = parser.parse_args(argv)
+    args.compile_models = args.compile_models.split(",")
+    args.compile_modules = args.compile_modules.split(",") if args.compile_modules else None
     sys.stdout.reconfigure(line_buffering=True)  # progress shows when piped to a file
     q = args.quick
     args.batch = args.batch or (4 if q else 16)
@@ -486,6 +496,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         bench_epochs(args)
     if "d" in sections:
         bench_defaults(args)
+    if "e" in sections:
+        bench_compile_mod.bench_compile(args, RESULTS, table)
     RESULTS["seconds"] = time.time() - started
     print(
         f"\ndone in {RESULTS['seconds']:.0f}s; load average now {machine['load_average'] and os.getloadavg()}"
