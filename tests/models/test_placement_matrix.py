@@ -5,7 +5,7 @@ Parametrised from the registry at collection time, so new zoo modules are covere
 editing this file. Default run: the whole matrix on ResNet-20 (32x32, forward + backward,
 batch 2; every block at ``auto``, the first block of each stage at the other positions)
 and each module at its own position on the first block of each ResNet-50 stage at 64x64.
-The whole ResNet-50 matrix and the pre-activation nets are ``slow``.
+The whole ResNet-50 matrix is ``slow``; the pre-activation nets run in CI's ``essential`` stage.
 """
 
 from __future__ import annotations
@@ -104,7 +104,7 @@ def test_resnet50_matrix(module: str, position: str) -> None:
     check_pair("resnet50", module, position, 64, backward=True, blocks=blocks)
 
 
-@pytest.mark.slow
+@pytest.mark.essential
 @pytest.mark.parametrize("position", PLACES)
 @pytest.mark.parametrize("module", MODULES)
 @pytest.mark.parametrize("model", ["wrn10_2", "resnet164"])
