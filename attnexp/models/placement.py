@@ -1,4 +1,4 @@
-"""Where attention modules go in a backbone, and wiring them in (DESIGN.md section 4).
+"""Where attention modules go in a backbone, and wiring them in.
 
 A placement (a dict in configs, :class:`Placement` in code)::
 

@@ -131,7 +131,7 @@ def test_attention_listing() -> None:
     assert not [r.name for r in rows if r.error]
     by_name = {r.name: r for r in rows}
     assert by_name["none"].params == 0 and by_name["none"].macs == 0
-    assert by_name["se"].params == 2 * 64 * 4 + 4 + 64  # REFERENCE.md section 2
+    assert by_name["se"].params == 2 * 64 * 4 + 4 + 64  # SE: 2 C c + c + C
     assert list_zoo(["--channels", "32", "--size", "8", "--markdown"]) == 0
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torchvision
 from exp_support import TINY, compose_train
 
 from attnexp.analysis.reference import reference_table
@@ -36,7 +37,16 @@ def _jobs(name: str) -> list[list[str]]:
 
 def _run(name: str, job: list[str], run_dir: Path) -> dict:
     # the paper's global batch does not fit the tiny split: per-device batch as TINY sets it
-    cfg = compose_train([f"experiment={name}", *TINY, "data.global_batch=null", *job], run_dir)
+    overrides = [f"experiment={name}", *TINY, "data.global_batch=null", *job]
+    if compose_train(overrides).model.get("pretrained") == "torchvision":
+        # fine-tuning presets: the same loading path from a local torchvision state dict
+        # (no download in tests)
+        weights = run_dir.parent / "torchvision_weights.pth"
+        torch.save(
+            getattr(torchvision.models, compose_train(overrides).model.name)().state_dict(), weights
+        )
+        overrides.append(f"model.pretrained={weights}")
+    cfg = compose_train(overrides, run_dir)
     assert cfg.experiment_name == name
     record = train(cfg)
     assert record["status"] == "completed", record.get("error")

@@ -409,7 +409,6 @@ ERRORS = [
     (lambda z: [place(z("recorder"), stages=[1, 1])], "resnet20", r"stages"),
     (lambda z: [place(z("recorder"), stage_options={"tag": [1, 2, 3]})], "resnet50", r"stage_options\.tag.*4 values"),
     (lambda z: [place(z("recorder"), stage_options={"tag": 3})], "resnet50", r"stage_options\.tag"),
-    (lambda z: [place({"name": z("recorder"), "tag": 1}, stage_options={"tag": [1, 2, 3]})], "resnet20", r"both"),
     (lambda z: [place(z("recorder"), stage_options={"tga": [1, 2, 3]})], "resnet20", r"module.*tga.*valid options: tag"),
     (lambda z: [place({"name": z("recorder"), "tga": 1})], "resnet20", r"module.*tga.*valid options: tag"),
     (lambda z: [place({"name": z("recorder"), "channels": 8})], "resnet20", r"channels"),
@@ -446,6 +445,20 @@ def test_min_size_fits_where_the_maps_are_large_enough(test_zoo: Zoo) -> None:
     with pytest.raises(ConfigError, match=r"min_size.*between_stages, stage 2.*8x8.*\(1\)"):
         build_model("resnet20", num_classes=10, image_size=16,
                     placements=[place(test_zoo("min16"), "between_stages")])  # fmt: skip
+
+
+def test_stage_options_win_over_the_module_option(test_zoo: Zoo) -> None:
+    """A config node of a module carries every option's default (attention=eca has
+    kernel_size), so a stage option replaces the module option of the same name."""
+    model = build_model(
+        "resnet20",
+        num_classes=10,
+        placements=[
+            place({"name": test_zoo("recorder"), "tag": 1}, stage_options={"tag": [1, 2, 3]})
+        ],
+    )
+    tags = {r.stage: model.get_submodule(r.path).tag for r in model.placed_modules}
+    assert tags == {1: 1, 2: 2, 3: 3}
 
 
 def test_top_level_conv_and_conv_placement_conflict(test_zoo: Zoo) -> None:
@@ -507,7 +520,7 @@ PAPER_TOTALS = [
     ("module", "placements", "total"), PAPER_TOTALS, ids=[p[0] for p in PAPER_TOTALS]
 )
 def test_paper_placement_totals_on_resnet50(module: str, placements: list, total: int) -> None:
-    """REFERENCE.md section 3 (ResNet-50, 1000 classes)."""
+    """Paper-placement totals on ResNet-50, 1000 classes (CBAM table 4, ECA table 3, BAM code)."""
     with torch.device("meta"):
         model = build_model("resnet50", num_classes=1000, placements=placements)
     assert n_params(model) == total

@@ -1,4 +1,4 @@
-"""Backbones: exact parameter counts (REFERENCE.md section 1), torchvision equivalence,
+"""Backbones: exact parameter counts (torchvision), torchvision equivalence,
 shapes, options and their errors.
 
 Counting tests build on the meta device (no memory, no init cost); forward tests are small.
@@ -120,7 +120,7 @@ def test_stride_position_v1_vs_v15() -> None:
     assert (b15.conv1.stride, b15.conv2.stride) == ((1, 1), (2, 2))
     assert (b1.conv1.stride, b1.conv2.stride) == ((2, 2), (1, 1))
     assert n_params(v1) == n_params(v15) == 25_557_032
-    # REFERENCE.md section 1: 4.089 GMACs (v1.5) and 3.858 GMACs (v1) at 224x224.
+    # torchvision: 4.089 GMACs (v1.5) and 3.858 GMACs (v1) at 224x224.
     assert round(conv_linear_macs(v15, 224) / 1e9, 3) == 4.089
     assert round(conv_linear_macs(v1, 224) / 1e9, 3) == 3.858
 
