@@ -7,7 +7,9 @@ their schema, and returns problems (never raises), so all of them are reported t
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 from attnexp.validation.problems import Problem, fmt_value
@@ -178,6 +180,16 @@ def check_data(cfg: Cfg) -> list[Problem]:
                 "data.num_classes",
                 f"`data.num_classes={fmt_value(data.get('num_classes'))}`: data={data['name']} "
                 f"has {fixed} classes; valid: {fixed}",
+                "consistency",
+            )
+        )
+    root = data.get("root")
+    if isinstance(root, str) and root and Path(os.path.expandvars(root)).expanduser().is_file():
+        problems.append(
+            Problem(
+                "data.root",
+                f"`data.root={root}`: is a file, not a directory; valid: the folder holding the "
+                "dataset (train/ and test/ class folders, or cifar-10-batches-py/)",
                 "consistency",
             )
         )

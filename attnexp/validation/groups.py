@@ -68,7 +68,7 @@ def _data(data: Mapping[str, Any]) -> list[Problem]:
                 f"`{p.key}`: not an option of data={name} (it is one of data="
                 f"{', '.join(owners)}); valid keys of data={name}: "
                 f"{', '.join(sorted(schema.model_fields))}",
-                "unknown_key",
+                "option_key",
             )
     return problems
 

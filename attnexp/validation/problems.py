@@ -50,6 +50,12 @@ KINDS: dict[str, Kind] = {
             "other keys, and those must be arguments of the class they are passed to",
         ),
         Kind(
+            "option_key",
+            "`data.num_workers`: not an option of data=synthetic (it is one of data=imagefolder, "
+            "imagenet); valid keys of data=synthetic: ...",
+            "the key belongs to another option of the group: drop it, or select that option",
+        ),
+        Kind(
             "unknown_argument",
             "`<key>`: not an argument of <class> (did you mean `<closest>`?); valid: ...",
             "use one of the listed arguments of that class",
