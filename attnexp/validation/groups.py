@@ -12,7 +12,12 @@ from attnexp.validation.schemas.data import DATASETS
 from attnexp.validation.schemas.model import ExtraPlacementSchema, PlacementSchema, backbone_schema
 from attnexp.validation.schemas.optim import OptimizerSchema, SchedulerSchema
 from attnexp.validation.schemas.top import PathsSchema, TopSchema
-from attnexp.validation.schemas.trainer import MANAGED, TrainerSchema, trainer_arguments
+from attnexp.validation.schemas.trainer import (
+    MANAGED,
+    TrainerSchema,
+    strategies,
+    trainer_arguments,
+)
 
 
 def check_groups(cfg: Mapping[str, Any]) -> list[Problem]:
@@ -123,6 +128,9 @@ def _optimizer(opt: Mapping[str, Any]) -> list[Problem]:
 
 def _trainer(trainer: Mapping[str, Any]) -> list[Problem]:
     _, problems = validate(TrainerSchema, dict(trainer), "trainer")
+    strategy = trainer.get("strategy", "auto")
+    if isinstance(strategy, str) and strategy not in strategies():
+        problems.append(_choice("trainer.strategy", strategy, "strategy", list(strategies())))
     valid = trainer_arguments()
     for key in trainer:
         if key in MANAGED:
