@@ -68,10 +68,16 @@ def enable_persistent_cache() -> Path:
     """Point inductor's on-disk caches at a user directory that survives reboots (PyTorch's
     default is under /tmp) and make sure the FX graph and AOTAutograd caches are on.
     Returns the directory. Must run before the first compilation of the process."""
-    path = os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache_root() / "inductor"))
-    Path(path).mkdir(parents=True, exist_ok=True)
     import torch._functorch.config as functorch_config
     import torch._inductor.config as inductor_config
+    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+
+    path = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+    # Importing Lightning already makes torch write its /tmp default into the environment;
+    # only a directory the user chose is kept.
+    if path is None or os.path.abspath(path) == os.path.abspath(default_cache_dir()):
+        path = os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(cache_root() / "inductor")
+    Path(path).mkdir(parents=True, exist_ok=True)
 
     inductor_config.fx_graph_cache = True
     functorch_config.enable_autograd_cache = True

@@ -112,6 +112,10 @@ class ClassificationModule(L.LightningModule):
     def configure_callbacks(self) -> list[L.Callback]:
         from attnexp.training.compile import CompileWhenItPays
 
+        if self._trainer is not None and any(  # test/validate after fit: keep fit's decision
+            isinstance(c, CompileWhenItPays) for c in self._trainer.callbacks
+        ):
+            return []
         return [CompileWhenItPays(self.compile_setting)]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

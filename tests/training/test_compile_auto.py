@@ -23,6 +23,8 @@ from attnexp.training.module import ClassificationModule
 def _cache_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """Compile records go to a tmp dir, never to the user's cache."""
     monkeypatch.setenv("ATTNEXP_CACHE_DIR", str(tmp_path / "cache"))
+    # torch writes its /tmp default here on import; restored after each test
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
     return tmp_path / "cache"
 
 
@@ -80,6 +82,18 @@ def test_records_round_trip(_cache_dir: Path) -> None:
     record = compile_mod.read_records()["k"]
     assert record["compile_s"] == 12.5 and record["ratio"] == 0.8
     assert json.loads((_cache_dir / compile_mod.RECORD_FILE).read_text())["k"]["torch"]
+
+
+def test_persistent_cache_dir(_cache_dir: Path, monkeypatch) -> None:
+    """The inductor caches move from torch's /tmp default to the user cache dir; a
+    directory the user chose is kept."""
+    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", default_cache_dir())  # what torch sets
+    assert compile_mod.enable_persistent_cache() == _cache_dir / "inductor"
+    assert (_cache_dir / "inductor").is_dir()
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(_cache_dir / "mine"))
+    assert compile_mod.enable_persistent_cache() == _cache_dir / "mine"
 
 
 # ----------------------------------------------------------------------------- real fits
