@@ -1,53 +1,30 @@
 """Token-style attention family: BoTNet MHSA, external attention, ResT's EMSA.
 
 The papers define these on token sequences (B, N, C); here each one is wrapped to take and
-return (B, C, H, W) with N = H*W, so it can be placed like any other gate. None of them
-needs a fixed input size at construction. Exposed maps (see :mod:`attnexp.attention.base`):
+return (B, C, H, W) with N = H*W, so it can be placed like any other gate; BoTNet's MHSA is
+also a conv-kind module (``mhsa``, replacing a 3x3 conv, with position embeddings of the
+map's size) beside its gate form ``mhsa_gate``. Exposed maps (see :mod:`attnexp.attention.base`):
 ``position`` is the attention each key position *receives*, averaged over queries, shape
 (B, heads, H_key, W_key), which keeps the exposed tensor O(HW) while the attention is
 O((HW)^2).
+
+Identity start (:func:`attnexp.attention.init_identity`): external attention with its
+residual zeroes its output BN; MHSA and EMSA have no residual, so they take the exact blend
+of :meth:`~attnexp.attention.base.AttentionModule.reset_to_identity`.
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from attnexp.attention.base import AttentionModule
+from attnexp.attention.options import check_choice, check_flag, check_heads, check_int
 from attnexp.attention.registry import register
-from attnexp.errors import ConfigError, check, choices_error
+from attnexp.errors import ConfigError
 
-__all__ = ["EfficientMHSA", "ExternalAttention", "MHSA2d"]
-
-
-def _choice(option: str, value: str, valid: tuple[str, ...]) -> str:
-    if value not in valid:
-        raise choices_error(f"value for option {option!r}:", value, valid)
-    return value
-
-
-def _positive_int(option: str, value: object) -> int:
-    check(
-        isinstance(value, int) and not isinstance(value, bool) and value >= 1,
-        f"option {option!r} must be an integer >= 1, got {value!r}",
-    )
-    return value  # type: ignore[return-value]
-
-
-def _flag(option: str, value: object) -> bool:
-    check(isinstance(value, bool), f"option {option!r} must be true or false, got {value!r}")
-    return value  # type: ignore[return-value]
-
-
-def _heads(module: str, channels: int, heads: object) -> int:
-    heads = _positive_int("heads", heads)
-    if channels % heads:
-        valid = [d for d in range(1, channels + 1) if channels % d == 0]
-        raise ConfigError(
-            f"{module}: option 'heads'={heads} does not divide channels={channels}; valid "
-            f"heads for {channels} channels: {', '.join(map(str, valid))}"
-        )
-    return heads
+__all__ = ["BoTMHSA", "EfficientMHSA", "ExternalAttention", "MHSA2d"]
 
 
 def _received(attn: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
@@ -61,65 +38,43 @@ def _received(attn: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
 _POSITIONS = ("relative", "absolute", "none")
 
 
-@register(
-    "mhsa",
-    kind="gate",
-    paper="Srinivas et al. 2021, Bottleneck Transformers for Visual Recognition",
-    residual=False,
-    default_position="after_conv2",
-    memory="quadratic",
-)
-class MHSA2d(AttentionModule):
-    """BoTNet's 2-D multi-head self-attention (Srinivas et al. 2021, figure 4).
+class _BoTAttention(AttentionModule):
+    """The attention of BoTNet's MHSA layer (Srinivas et al. 2021, figure 4), shared by the
+    conv-kind ``mhsa`` and the gate ``mhsa_gate``.
 
-    q, k, v are 1x1 convs C -> C without bias (split into ``heads`` of d = C/heads), q is
-    scaled by d^-1/2, and the logits are ``q k^T + q r^T``. With ``position='relative'`` r is
-    the sum of a height and a width relative embedding (``r_{p-x}^H + r_{q-y}^W`` for query
-    (x, y) and key (p, q), shared by the heads, as the official code), with
-    ``'absolute'`` a learned height plus width embedding of the key position, with
-    ``'none'`` content logits only. The output is the concatenated heads (no output
-    projection: in BoTNet the following 1x1 conv does that), and there is no residual: in
-    BoTNet this layer *replaces* the 3x3 conv of a bottleneck, so its default position is
-    ``after_conv2``.
-
-    To work for any H, W without creating parameters on the fly, the embedding tables cover
-    offsets up to ``max_size`` (2*max_size - 1 rows per axis for relative, max_size for
-    absolute) and are sliced for the current map; larger maps raise ConfigError. Init as the
+    q, k, v are 1x1 convs C_in -> C_out without bias (split into ``heads`` of d = C_out/heads),
+    q is scaled by d^-1/2, and the logits are ``q k^T + q r^T``. With ``position='relative'``
+    r is the sum of a height and a width relative embedding (``r_{p-x}^H + r_{q-y}^W`` for
+    query (x, y) and key (p, q), shared by the heads, as the official code); with
+    ``'absolute'`` a learned height plus width embedding of the key position; with ``'none'``
+    content logits only. The output is the concatenated heads (no output projection: in
+    BoTNet the following 1x1 conv does that). The tables have ``2 * rows - 1`` (relative) or
+    ``rows`` (absolute) entries per axis and cover maps up to ``rows`` per side. Init as the
     official code: projections N(0, 0.01), embeddings N(0, d^-1/2).
     """
 
-    def __init__(
-        self,
-        channels: int,
-        heads: int = 4,
-        position: str = "relative",
-        max_size: int = 64,
+    def _setup(
+        self, name: str, c_in: int, c_out: int, heads: int, position: str, rows: int
     ) -> None:
-        super().__init__()
-        self.heads = _heads("mhsa", channels, heads)
-        self.position = _choice("position", position, _POSITIONS)
-        self.max_size = _positive_int("max_size", max_size)
-        self.head_dim = channels // self.heads
-        self.qkv = nn.Conv2d(channels, 3 * channels, 1, bias=False)
+        self.heads = check_heads(name, c_out, heads)
+        self.position = check_choice(name, "position", position, _POSITIONS)
+        self.rows = rows
+        self.head_dim = c_out // self.heads
+        self.qkv = nn.Conv2d(c_in, 3 * c_out, 1, bias=False)
         nn.init.normal_(self.qkv.weight, std=0.01)
-        rows = {"relative": 2 * self.max_size - 1, "absolute": self.max_size}.get(self.position)
-        if rows is not None:
+        n = {"relative": 2 * rows - 1, "absolute": rows}.get(self.position)
+        if n is not None:
             std = self.head_dim**-0.5
-            self.height_embedding = nn.Parameter(torch.randn(rows, self.head_dim) * std)
-            self.width_embedding = nn.Parameter(torch.randn(rows, self.head_dim) * std)
+            self.height_embedding = nn.Parameter(torch.randn(n, self.head_dim) * std)
+            self.width_embedding = nn.Parameter(torch.randn(n, self.head_dim) * std)
 
     def _relative(self, length: int, table: torch.Tensor) -> torch.Tensor:
         """(length, length, d): row [i, j] is the embedding of offset j - i."""
         pos = torch.arange(length, device=table.device)
-        return table[pos[None, :] - pos[:, None] + self.max_size - 1]
+        return table[pos[None, :] - pos[:, None] + self.rows - 1]
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, c, h, w = x.shape
-        if self.position != "none" and (h > self.max_size or w > self.max_size):
-            raise ConfigError(
-                f"mhsa got a {h}x{w} map but option 'max_size' is {self.max_size}; "
-                f"set max_size >= {max(h, w)} (position embeddings cover max_size per axis)"
-            )
+    def _attend(self, x: torch.Tensor) -> torch.Tensor:
+        b, _, h, w = x.shape
         q, k, v = self.qkv(x).reshape(b, 3, self.heads, self.head_dim, h, w).unbind(1)
         q = q * self.head_dim**-0.5
         logits = torch.einsum("bndxy,bndpq->bnxypq", q, k)
@@ -134,7 +89,119 @@ class MHSA2d(AttentionModule):
         attn = logits.reshape(b, self.heads, h * w, h * w).softmax(dim=-1)
         self.expose("position", _received(attn, (h, w)))
         out = torch.einsum("bnij,bndj->bndi", attn, v.reshape(b, self.heads, self.head_dim, -1))
-        return out.reshape(b, c, h, w).to(x.dtype)
+        return out.reshape(b, self.heads * self.head_dim, h, w).to(x.dtype)
+
+
+@register(
+    "mhsa",
+    kind="conv",
+    paper="Srinivas et al. 2021, Bottleneck Transformers for Visual Recognition",
+    memory="quadratic",
+)
+class BoTMHSA(_BoTAttention):
+    """BoTNet's MHSA layer in place of a 3x3 conv (Srinivas et al. 2021, figure 4, section 3).
+
+    ``conv=mhsa`` with ``conv.stages=[4]`` on resnet50 is BoT50: the 3x3 convs of the last
+    stage become MHSA (the BN + ReLU after them stay, as in the paper). A stride is applied
+    after the attention by a ``stride x stride`` average pooling (BoTNet's first c5 block: 2x2
+    average pooling with stride 2 after MHSA; ceil mode, so odd maps keep a padded 3x3 conv's
+    output size). Relative position embeddings have the size of the map: the placement
+    fills ``feature_size`` from ``image_size`` at the replaced conv's input, and a map of
+    another size is a ConfigError (the model was built for one input size). Without
+    ``feature_size`` (a module built by hand) the tables cover maps up to ``max_size`` and
+    are sliced. No residual (the block's shortcut is the residual).
+
+    Args:
+        heads: number of heads (paper: 4); must divide out_channels.
+        position: relative (paper) | absolute | none.
+        feature_size: side of the square input map the position embeddings are built for;
+            null = filled in by the placement from image_size.
+        max_size: with feature_size null, the largest map side the embeddings cover.
+    """
+
+    includes_norm_act: bool = False
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        stride: int = 1,
+        *,
+        heads: int = 4,
+        position: str = "relative",
+        feature_size: int | None = None,
+        max_size: int = 64,
+    ) -> None:
+        super().__init__()
+        self.stride = check_int("mhsa", "stride", stride)
+        self.max_size = check_int("mhsa", "max_size", max_size)
+        self.feature_size = (
+            None if feature_size is None else check_int("mhsa", "feature_size", feature_size)
+        )
+        rows = self.max_size if self.feature_size is None else self.feature_size
+        self._setup("mhsa", in_channels, out_channels, heads, position, rows)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, w = x.shape[-2:]
+        if self.feature_size is not None and self.position != "none":
+            if (h, w) != (self.feature_size, self.feature_size):
+                raise ConfigError(
+                    f"mhsa was built for {self.feature_size}x{self.feature_size} maps (its "
+                    f"relative position embeddings have that size; feature_size comes from "
+                    f"model.image_size) but got a {h}x{w} map; feed images of the size the "
+                    "model was built for or build it with that image_size"
+                )
+        elif self.position != "none" and max(h, w) > self.max_size:
+            raise ConfigError(
+                f"mhsa got a {h}x{w} map but option 'max_size' is {self.max_size}; "
+                f"set max_size >= {max(h, w)} (position embeddings cover max_size per axis)"
+            )
+        out = self._attend(x)
+        if self.stride > 1:
+            out = F.avg_pool2d(out, self.stride, self.stride, ceil_mode=True)
+        return out
+
+
+@register(
+    "mhsa_gate",
+    kind="gate",
+    paper="Srinivas et al. 2021, Bottleneck Transformers for Visual Recognition (as a gate)",
+    default_position="after_conv2",
+    memory="quadratic",
+)
+class MHSA2d(_BoTAttention):
+    """BoTNet's MHSA as a gate C -> C that keeps the block's 3x3 conv (not BoTNet: for
+    BoTNet itself use the conv-kind ``mhsa``, which replaces the 3x3 conv).
+
+    Default position ``after_conv2`` (after the 3x3 conv unit). The embedding tables cover
+    maps up to ``max_size`` per side and are sliced for the current map, so any size up to
+    it works; larger maps raise ConfigError. No residual.
+
+    Args:
+        heads: number of heads (paper: 4); must divide channels.
+        position: relative (paper) | absolute | none.
+        max_size: the largest map side the position embeddings cover.
+    """
+
+    def __init__(
+        self,
+        channels: int,
+        heads: int = 4,
+        position: str = "relative",
+        max_size: int = 64,
+    ) -> None:
+        super().__init__()
+        self.max_size = check_int("mhsa_gate", "max_size", max_size)
+        self._setup("mhsa_gate", channels, channels, heads, position, self.max_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, w = x.shape[-2:]
+        if self.position != "none" and max(h, w) > self.max_size:
+            raise ConfigError(
+                f"mhsa_gate got a {h}x{w} map but option 'max_size' is {self.max_size}; "
+                f"set max_size >= {max(h, w)} (position embeddings cover max_size per axis)"
+            )
+        return self._attend(x)
 
 
 # --------------------------------------------------------------------------------------
@@ -147,7 +214,6 @@ class MHSA2d(AttentionModule):
         "Guo et al. 2021, Beyond Self-attention: External Attention using Two Linear Layers "
         "for Visual Tasks"
     ),
-    residual=True,
     default_position="after_add",
     memory="linear",
 )
@@ -174,9 +240,14 @@ class ExternalAttention(AttentionModule):
     normalised in training.
 
     Exposed map ``spatial``: (B, S, H, W), the normalised attention of each memory unit.
+
+    Identity start: with ``residual`` the BN after the output conv gets weight 0 and bias
+    0, so the block adds exactly 0 (the BN weight receives the gradient); without it the
+    exact blend of :meth:`~attnexp.attention.base.AttentionModule.reset_to_identity`.
     """
 
     has_residual = True
+    identity_start = "out BN weight, bias = 0 (residual); blend"
 
     def __init__(
         self,
@@ -186,9 +257,9 @@ class ExternalAttention(AttentionModule):
         residual: bool = True,
     ) -> None:
         super().__init__()
-        self.memory_size = _positive_int("memory_size", memory_size)
-        self.norm = _choice("norm", norm, ("double", "softmax"))
-        self.residual = _flag("residual", residual)
+        self.memory_size = check_int("external", "memory_size", memory_size)
+        self.norm = check_choice("external", "norm", norm, ("double", "softmax"))
+        self.residual = check_flag("external", "residual", residual)
         self.has_residual = self.residual
         self.conv_in = nn.Conv2d(channels, channels, 1, bias=self.norm == "softmax")
         self.memory_key = nn.Conv2d(channels, self.memory_size, 1, bias=False)  # M_k
@@ -199,6 +270,14 @@ class ExternalAttention(AttentionModule):
             nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
             if conv.bias is not None:
                 nn.init.zeros_(conv.bias)
+
+    def reset_to_identity(self) -> None:
+        if not self.residual:
+            super().reset_to_identity()
+            return
+        with torch.no_grad():
+            self.bn.weight.zero_()
+            self.bn.bias.zero_()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, _, h, w = x.shape
@@ -223,7 +302,6 @@ class ExternalAttention(AttentionModule):
     "emsa",
     kind="gate",
     paper="Zhang & Yang 2021, ResT: An Efficient Transformer for Visual Recognition",
-    residual=False,
     default_position="after_conv2",
     memory="quadratic",
 )
@@ -253,6 +331,9 @@ class EfficientMHSA(AttentionModule):
     Exposed map ``position``: (B, heads, h', w') on the reduced key grid, the mean over
     queries of the attention actually applied; with the transform that is the instance-
     normalised map, so it is signed and has zero mean (not a distribution).
+
+    Identity start: no residual of its own, so the exact blend of
+    :meth:`~attnexp.attention.base.AttentionModule.reset_to_identity`.
     """
 
     def __init__(
@@ -263,9 +344,9 @@ class EfficientMHSA(AttentionModule):
         transform: bool = True,
     ) -> None:
         super().__init__()
-        self.heads = _heads("emsa", channels, heads)
-        self.sr_ratio = _positive_int("sr_ratio", sr_ratio)
-        self.transform = _flag("transform", transform)
+        self.heads = check_heads("emsa", channels, heads)
+        self.sr_ratio = check_int("emsa", "sr_ratio", sr_ratio)
+        self.transform = check_flag("emsa", "transform", transform)
         self.head_dim = channels // self.heads
         self.apply_transform = self.transform and self.heads > 1
         self.q = nn.Linear(channels, channels)

@@ -82,7 +82,7 @@ def mhsa_reference(m, x: torch.Tensor) -> torch.Tensor:
 @pytest.mark.parametrize("position", ["relative", "absolute", "none"])
 @pytest.mark.parametrize("size", [(1, 1), (7, 5), (3, 8)])
 def test_mhsa_matches_botnet_formulation(position: str, size: tuple[int, int]) -> None:
-    m = build_attention("mhsa", 8, heads=2, position=position, max_size=8).double()
+    m = build_attention("mhsa_gate", 8, heads=2, position=position, max_size=8).double()
     randomise(m, seed=5)
     x = torch.randn(2, 8, *size, dtype=torch.float64)
     torch.testing.assert_close(m(x), mhsa_reference(m, x))
@@ -90,7 +90,7 @@ def test_mhsa_matches_botnet_formulation(position: str, size: tuple[int, int]) -
 
 @pytest.mark.parametrize("size", [(1, 1), (2, 7), (7, 5), (8, 8)])
 def test_mhsa_any_size_up_to_max_size(size: tuple[int, int]) -> None:
-    m = build_attention("mhsa", 16, max_size=8)
+    m = build_attention("mhsa_gate", 16, max_size=8)
     x = torch.randn(2, 16, *size)
     with record_attention(m):
         y = m(x)
@@ -102,19 +102,19 @@ def test_mhsa_any_size_up_to_max_size(size: tuple[int, int]) -> None:
 
 @pytest.mark.parametrize("position", ["relative", "absolute"])
 def test_mhsa_beyond_max_size_is_config_error(position: str) -> None:
-    m = build_attention("mhsa", 16, position=position, max_size=8)
+    m = build_attention("mhsa_gate", 16, position=position, max_size=8)
     with pytest.raises(ConfigError, match="max_size"):
         m(torch.randn(1, 16, 9, 2))
     with pytest.raises(ConfigError, match="max_size"):
-        build_attention("mhsa", 16)(torch.randn(1, 16, 3, 65))  # default max_size 64
-    build_attention("mhsa", 16, position="none", max_size=2)(torch.randn(1, 16, 3, 3))
+        build_attention("mhsa_gate", 16)(torch.randn(1, 16, 3, 65))  # default max_size 64
+    build_attention("mhsa_gate", 16, position="none", max_size=2)(torch.randn(1, 16, 3, 3))
 
 
 def test_mhsa_heads_must_divide_channels() -> None:
     for c in (16, 24, 64, 256):
-        assert build_attention("mhsa", c).heads == 4  # the default works for every width
+        assert build_attention("mhsa_gate", c).heads == 4  # the default works for every width
     with pytest.raises(ConfigError, match=r"heads.*valid heads for 24 channels: 1, 2, 3, 4, 6"):
-        build_attention("mhsa", 24, heads=5)
+        build_attention("mhsa_gate", 24, heads=5)
 
 
 @pytest.mark.parametrize("channels", [16, 24, 256])
@@ -122,7 +122,7 @@ def test_mhsa_heads_must_divide_channels() -> None:
 def test_mhsa_parameter_count(channels: int, position: str) -> None:
     d, size = channels // 4, 64
     table = {"relative": 2 * (2 * size - 1) * d, "absolute": 2 * size * d, "none": 0}[position]
-    m = build_attention("mhsa", channels, position=position)
+    m = build_attention("mhsa_gate", channels, position=position)
     assert n_params(m) == 3 * channels * channels + table
 
 
@@ -303,7 +303,11 @@ def test_emsa_parameter_count(channels: int, heads: int, sr_ratio: int) -> None:
 # ----------------------------------------------------------------------------------------
 @pytest.mark.parametrize(
     ("name", "residual", "memory"),
-    [("mhsa", False, "quadratic"), ("external", True, "linear"), ("emsa", False, "quadratic")],
+    [
+        ("mhsa_gate", False, "quadratic"),
+        ("external", True, "linear"),
+        ("emsa", False, "quadratic"),
+    ],
 )
 def test_registry_entries(name: str, residual: bool, memory: str) -> None:
     spec = get_spec(name)
@@ -317,10 +321,10 @@ def test_registry_entries(name: str, residual: bool, memory: str) -> None:
 @pytest.mark.parametrize(
     ("name", "options", "needle"),
     [
-        ("mhsa", {"heads": 0}, "heads"),
-        ("mhsa", {"heads": 3}, "heads"),
-        ("mhsa", {"position": "rotary"}, "position"),
-        ("mhsa", {"max_size": 0}, "max_size"),
+        ("mhsa_gate", {"heads": 0}, "heads"),
+        ("mhsa_gate", {"heads": 3}, "heads"),
+        ("mhsa_gate", {"position": "rotary"}, "position"),
+        ("mhsa_gate", {"max_size": 0}, "max_size"),
         ("external", {"memory_size": 0}, "memory_size"),
         ("external", {"norm": "l2"}, "norm"),
         ("external", {"residual": 1}, "residual"),
