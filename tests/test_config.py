@@ -82,3 +82,22 @@ def test_cli_help_and_cfg_job(tmp_path: Path) -> None:
     printed = OmegaConf.create(job.stdout)
     assert printed.attention.name == "none" and printed.seed == 0
     assert not (tmp_path / "outputs").exists(), "--cfg must not create run directories"
+
+
+# Options that do not fit the default model/epochs on their own, and the key that says so.
+NEEDS_MORE = {
+    ("placement", "stages_4"): "placement.stages",  # stage 4: ImageNet ResNets only
+    ("scheduler", "multistep"): "scheduler.milestones",  # [50, 75] vs 10 default epochs
+}
+
+
+@pytest.mark.parametrize(("group", "option"), _group_options())
+def test_config_validates(group: str, option: str, tmp_path: Path) -> None:
+    """Every option passes the validator with the defaults, or is refused naming the key."""
+    from attnexp.validation import find_problems
+
+    prefix = "+" if group in APPENDED_GROUPS else ""
+    cfg = compose_config([f"{prefix}{group}={option}"], tmp_path / "run")
+    keys = [p.key for p in find_problems(cfg, environment=False)]
+    expected = NEEDS_MORE.get((group, option))
+    assert keys == ([expected] if expected else []), keys
