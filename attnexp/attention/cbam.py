@@ -364,11 +364,13 @@ class BAM(AttentionModule):
         mc = ms = None
         if self.channel_gate is not None:
             mc = self.channel_gate(x.mean((2, 3)))  # (B, C)
-            self.expose("channel", torch.sigmoid(mc))
+            if self.record_maps:
+                self.expose("channel", torch.sigmoid(mc))
             mc = mc[:, :, None, None]
         if self.spatial_gate is not None:
             ms = self.spatial_gate(x)  # (B, 1, H, W)
-            self.expose("spatial", torch.sigmoid(ms))
+            if self.record_maps:
+                self.expose("spatial", torch.sigmoid(ms))
         if mc is None:
             logits = ms
         elif ms is None:

@@ -398,5 +398,6 @@ class GatherExcite(AttentionModule):
         up = g[:, :, :, None, :, None].expand(b, c, gh, e, gw, e).reshape(b, c, gh * e, gw * e)
         up = up[:, :, :h, :w]
         self.expose("excite", g)
-        self.expose("spatial", up.mean(1, keepdim=True))
+        if self.record_maps:  # the map costs a pass over the activations
+            self.expose("spatial", up.mean(1, keepdim=True))
         return x * up.to(x.dtype)

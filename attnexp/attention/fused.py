@@ -99,5 +99,7 @@ def shared_mlp_sum(mlp: nn.Module, *descriptors: torch.Tensor) -> torch.Tensor:
     one pass: the descriptors are stacked along the batch, so each layer runs once."""
     if len(descriptors) == 1:
         return mlp(descriptors[0])
-    stacked = mlp(torch.cat(descriptors, 0))
-    return sum(stacked.chunk(len(descriptors), 0))  # type: ignore[return-value]
+    first, *rest = mlp(torch.cat(descriptors, 0)).chunk(len(descriptors), 0)
+    for part in rest:  # not sum(): it would add a zero tensor first (one more pass)
+        first = first + part
+    return first

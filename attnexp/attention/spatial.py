@@ -150,7 +150,8 @@ class NonLocalBlock(AttentionModule):
                 if self.scale:
                     logits = logits * theta.shape[1] ** -0.5
                 attn = logits.softmax(dim=-1)
-        self.expose("position", _received(attn, key_shape))
+        if self.record_maps:  # the map costs a pass over the activations
+            self.expose("position", _received(attn, key_shape))
         y = torch.einsum("bij,bcj->bci", attn, g).reshape(b, self.inter_channels, h, w)
         return (self.bn(self.w_z(y)) + x).to(x.dtype)
 
@@ -399,7 +400,8 @@ class DualAttention(AttentionModule):
         b, c, h, w = x.shape
         q, k = self.query(x).flatten(2), self.key(x).flatten(2)
         attn = torch.einsum("bci,bcj->bij", q, k).softmax(dim=-1)
-        self.expose("position", _received(attn, (h, w)))
+        if self.record_maps:  # the map costs a pass over the activations
+            self.expose("position", _received(attn, (h, w)))
         out = torch.einsum("bij,bcj->bci", attn, self.value(x).flatten(2)).reshape(b, c, h, w)
         return self.alpha * out + x
 
@@ -410,7 +412,8 @@ class DualAttention(AttentionModule):
         if self.cam_energy == "max_minus":
             energy = energy.amax(dim=-1, keepdim=True) - energy
         attn = energy.softmax(dim=-1)
-        self.expose("channel", attn.mean(1))
+        if self.record_maps:  # the map costs a pass over the activations
+            self.expose("channel", attn.mean(1))
         out = torch.einsum("bcd,bdn->bcn", attn, flat).reshape(b, c, h, w)
         return self.beta * out + x
 

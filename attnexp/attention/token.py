@@ -87,7 +87,8 @@ class _BoTAttention(AttentionModule):
             emb = self.height_embedding[:h, None, :] + self.width_embedding[None, :w, :]
             logits = logits + torch.einsum("bndxy,pqd->bnxypq", q, emb)
         attn = logits.reshape(b, self.heads, h * w, h * w).softmax(dim=-1)
-        self.expose("position", _received(attn, (h, w)))
+        if self.record_maps:  # the map costs a pass over the activations
+            self.expose("position", _received(attn, (h, w)))
         out = torch.einsum("bnij,bndj->bndi", attn, v.reshape(b, self.heads, self.head_dim, -1))
         return out.reshape(b, self.heads * self.head_dim, h, w).to(x.dtype)
 
@@ -397,7 +398,8 @@ class EfficientMHSA(AttentionModule):
             attn = (attn - mean) * torch.rsqrt(var + 1e-5)
         else:
             attn = attn.softmax(dim=-1)
-        self.expose("position", _received(attn, grid))
+        if self.record_maps:  # the map costs a pass over the activations
+            self.expose("position", _received(attn, grid))
         out = torch.einsum("bnij,bnjd->bnid", attn, v).transpose(1, 2).reshape(b, h * w, c)
         out = self.proj(out).transpose(1, 2).reshape(b, c, h, w)
         return out.to(x.dtype)

@@ -89,7 +89,7 @@ def _resume_argv(argv: list[str]) -> list[str]:
         return argv
     from attnexp.cli import print_config_error
     from attnexp.errors import ConfigError
-    from attnexp.training.resume import locate
+    from attnexp.training.resume import locate, recorded_group_choices
 
     try:
         run_dir, _ = locate(targets[-1])
@@ -98,7 +98,19 @@ def _resume_argv(argv: list[str]) -> list[str]:
         sys.exit(2)
     if run_dir is None:  # a bare checkpoint: a new run dir as usual
         return argv
-    return [*argv, f"hydra.run.dir={Path(run_dir)}", "hydra.output_subdir=null"]
+    # In front: Hydra's own flags (--cfg job ...) may follow the overrides.
+    return [
+        *_unset(recorded_group_choices(Path(run_dir)), argv),
+        f"hydra.run.dir={Path(run_dir)}",
+        "hydra.output_subdir=null",
+        *argv,
+    ]
+
+
+def _unset(choices: list[str], argv: list[str]) -> list[str]:
+    """``choices`` (``group=option``) whose group the command line does not set itself."""
+    given = {a.lstrip("+~").split("=", 1)[0] for a in argv}
+    return [c for c in choices if c.lstrip("+").split("=", 1)[0] not in given]
 
 
 def main() -> None:

@@ -155,6 +155,38 @@ def _apply_overrides(cfg: DictConfig, overrides: list[str]) -> list[str]:
     return applied
 
 
+def recorded_group_choices(run_dir: Path) -> list[str]:
+    """The run's config groups as overrides (``data=imagefolder``, ``model=resnet20`` ...).
+
+    ``attnexp-train resume=<run> data.root=...`` adds them, so that the overrides resume
+    allows compose even when today's defaults pick another group; :func:`plan` accepts them
+    (they change nothing: the run's own config replaces the composed one)."""
+    run = RunDir(run_dir)
+    conf = Path(__file__).resolve().parents[1] / "conf"
+    if run.hydra_file.is_file():
+        runtime = OmegaConf.load(run.hydra_file).hydra.runtime
+        choices = dict(OmegaConf.to_container(runtime.choices))
+    elif run.config_file.is_file():  # started outside Hydra (a notebook, a test): the
+        config = OmegaConf.load(run.config_file)  # data and model groups are named by `name`
+        choices = {
+            group: config.get(group, {}).get("name")
+            for group in ("data", "model")
+            if (conf / group / f"{config.get(group, {}).get('name')}.yaml").is_file()
+        }
+    else:
+        return []
+    conf = Path(__file__).resolve().parents[1] / "conf"
+    primary = {  # groups of train.yaml's defaults list; others were added with +group=
+        next(iter(d)).split(" ")[-1] if not isinstance(d, str) else d
+        for d in OmegaConf.load(conf / "train.yaml").defaults
+    }
+    return [
+        f"{'' if group in primary else '+'}{group}={option}"
+        for group, option in choices.items()
+        if option is not None and not group.startswith("hydra/") and group != "local"
+    ]
+
+
 def plan(cfg: DictConfig, overrides: list[str] | None = None) -> ResumePlan | None:
     """How (and whether) ``cfg`` resumes an earlier run; ``overrides`` are the command line's."""
     overrides = list(overrides or [])
@@ -179,7 +211,12 @@ def plan(cfg: DictConfig, overrides: list[str] | None = None) -> ResumePlan | No
     if run_dir is None:  # a checkpoint from elsewhere: new run dir, the composed config
         return ResumePlan(cfg, ckpt, here.resolve(), False, "resume", epoch, step)
 
-    refused = [o for o in overrides if not _override_key(o).startswith(RESUME_OVERRIDABLE)]
+    recorded = set(recorded_group_choices(run_dir))
+    refused = [
+        o
+        for o in overrides
+        if not _override_key(o).startswith(RESUME_OVERRIDABLE) and o not in recorded
+    ]
     if refused:
         raise ConfigError(
             f"resume={target} continues the run with its original config ({run_dir / HYDRA_DIR}/config.yaml); "
@@ -187,7 +224,7 @@ def plan(cfg: DictConfig, overrides: list[str] | None = None) -> ResumePlan | No
             f"resume: {', '.join(RESUME_OVERRIDABLE)}. To train a variant, start a new run instead."
         )
     original = OmegaConf.load(RunDir(run_dir).config_file)
-    applied = _apply_overrides(original, overrides)
+    applied = _apply_overrides(original, [o for o in overrides if o not in recorded])
     with open_dict(original):
         original.paths.output_dir = str(run_dir)
         original.resume = str(target)

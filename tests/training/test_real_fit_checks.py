@@ -88,14 +88,16 @@ def test_resume_with_a_moved_data_root_and_two_processes(make_cfg, tmp_path: Pat
     run_dir = tmp_path / "run"
     first = train(
         make_cfg(
-            *TINY,
+            # Not +debug=smoke: it switches to synthetic data and adds its keys to data.
+            "callbacks.progress=null",
+            "trainer.deterministic=true",
+            "trainer.accelerator=cpu",
             "data=cifar10",
             f"data.root={old_root}",
             "data.download=false",
             "+data.global_batch=32",
             "data.eval_batch_size=20",
             "trainer.max_epochs=1",
-            "trainer.limit_train_batches=1.0",
             run_dir=run_dir,
         )
     )
