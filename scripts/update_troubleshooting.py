@@ -42,7 +42,7 @@ def _schema_rows(prefix: str, model: type) -> list[str]:
 
 
 def _schemas() -> list[str]:
-    from attnexp.validation.schemas import callbacks, data, launcher, model, optim, top, trainer
+    from attnexp.validation.schemas import callbacks, data, model, optim, top, trainer
 
     groups: list[tuple[str, str, type]] = [
         ("top level (conf/train.yaml)", "", top.TopSchema),
@@ -65,10 +65,6 @@ def _schemas() -> list[str]:
     ]  # fmt: skip
     for target, schema in callbacks.BY_TARGET.items():
         groups.append((f"callbacks/logger entry `_target_: {target}`", "<entry>", schema))
-    for target, schema in launcher.BY_TARGET.items():
-        groups.append(
-            (f"hydra.launcher of `{target.rsplit('.', 1)[-1]}`", "hydra.launcher", schema)
-        )
     out = [
         "## Every key and its valid values",
         "",

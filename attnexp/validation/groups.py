@@ -9,7 +9,15 @@ from attnexp.validation.problems import Problem, fmt_value, unknown_key
 from attnexp.validation.schema import validate
 from attnexp.validation.schemas import callbacks as cb_schema
 from attnexp.validation.schemas.data import DATASETS
-from attnexp.validation.schemas.model import ExtraPlacementSchema, PlacementSchema, backbone_schema
+from attnexp.validation.schemas.model import (
+    CifarResNetSchema,
+    ExtraPlacementSchema,
+    ImageNetResNetSchema,
+    PlacementSchema,
+    PreActSchema,
+    WideResNetSchema,
+    backbone_schema,
+)
 from attnexp.validation.schemas.optim import OptimizerSchema, SchedulerSchema
 from attnexp.validation.schemas.top import PathsSchema, TopSchema
 from attnexp.validation.schemas.trainer import (
@@ -84,7 +92,25 @@ def _model(model: Mapping[str, Any]) -> list[Problem]:
     name = model.get("name")
     if name not in available_models():
         return [_choice("model.name", name, "backbone", available_models())]
-    return validate(backbone_schema(str(name)), dict(model), "model")[1]
+    schema = backbone_schema(str(name))
+    problems = validate(schema, dict(model), "model")[1]
+    for i, p in enumerate(problems):
+        leaf = p.key.removeprefix("model.")
+        if p.kind == "unknown_key" and leaf in _ALL_BACKBONE_KEYS:
+            problems[i] = Problem(
+                p.key,
+                f"`{p.key}`: not an option of model={name}; valid keys of model={name}: "
+                f"{', '.join(sorted(schema.model_fields))}",
+                "option_key",
+            )
+    return problems
+
+
+_ALL_BACKBONE_KEYS = {
+    k
+    for s in (ImageNetResNetSchema, CifarResNetSchema, PreActSchema, WideResNetSchema)
+    for k in s.model_fields
+}
 
 
 def _extra_placements(extras: Any) -> list[Problem]:
