@@ -7,12 +7,15 @@ their schema, and returns problems (never raises), so all of them are reported t
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 from attnexp.validation.problems import Problem, fmt_value
+
+log = logging.getLogger(__name__)
 
 Cfg = Mapping[str, Any]
 
@@ -304,7 +307,17 @@ def check_schedule(cfg: Cfg) -> list[Problem]:
         )
     if name == "multistep" and length is not None:
         beyond = [m for m in milestones if m >= length]
-        if beyond:
+        if beyond and len(beyond) == len(milestones):
+            # A prefix of a longer recipe (a smoke run of a preset, the first SLURM job of a
+            # requeued run): the lr is constant throughout, which is what such a run means.
+            log.warning(
+                "scheduler.milestones=%s all lie at or beyond the end of this run (%s=%s): "
+                "the learning rate stays constant",
+                fmt_value(milestones),
+                what,
+                length,
+            )
+        elif beyond:
             problems.append(
                 Problem(
                     "scheduler.milestones",

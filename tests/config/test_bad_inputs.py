@@ -180,3 +180,17 @@ def test_read_only_output_root_exit_2(tmp_path: Path) -> None:
     assert "Traceback" not in out.stderr
     assert str(root) in out.stderr and ("EACCES" in out.stderr or "EROFS" in out.stderr)
     assert not (root / "outputs").exists()
+
+
+def test_milestones_all_beyond_the_run_warn_and_partly_beyond_refuse(tmp_path, caplog) -> None:
+    """A smoke run of a 90-epoch preset (every milestone beyond the end) keeps a constant lr
+    and says so; a milestone list that is cut in the middle is refused naming the key."""
+    from attnexp.compose import compose_config
+    from attnexp.validation import find_problems
+
+    short = compose_config(["scheduler=multistep", "scheduler.milestones=[30,60]"], tmp_path / "a")
+    with caplog.at_level("WARNING"):
+        assert [p.key for p in find_problems(short, environment=False)] == []
+    assert "learning rate stays constant" in caplog.text
+    cut = compose_config(["scheduler=multistep", "scheduler.milestones=[5,20]"], tmp_path / "b")
+    assert [p.key for p in find_problems(cut, environment=False)] == ["scheduler.milestones"]
