@@ -16,7 +16,6 @@ pyplot, with an exact pixel size (:func:`grid_pixel_size`), saved by :func:`save
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from collections.abc import Mapping, Sequence
@@ -29,209 +28,24 @@ import torch
 import torch.nn.functional as F
 from matplotlib import colormaps
 from matplotlib.figure import Figure
-from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from attnexp.analysis.checkpoints import LoadedModel
+from attnexp.analysis.image_sources import (  # noqa: F401  (the public face of map pictures)
+    SPLITS,
+    DataInfo,
+    ImageBatch,
+    data_info,
+    load_images,
+    pick_indices,
+    to_input,
+)
 from attnexp.attention.base import record_attention
-from attnexp.data.decode import IMAGE_EXTENSIONS
 from attnexp.errors import ConfigError
 
-SPLITS = ("train", "val", "test")
 MAP_MODES = ("last", "mean", "all")
 _STAGE = re.compile(r"^(?P<prefix>(?:.*?\.)?layer(?P<num>\d+))(?:\.(?P<rest>.*))?$")
 _SPATIAL_PRIORITY = ("spatial", "position")
-
-
-# -- images --------------------------------------------------------------------------------------
-@dataclass
-class ImageBatch:
-    """Images to explain: uint8 (N, 3, H, W), labels (or None) and their names."""
-
-    images: torch.Tensor
-    labels: list[int | None]
-    names: list[str]
-    source: str
-
-
-@dataclass
-class DataInfo:
-    """What a run's data config implies for inputs: normalisation, class names and splits
-    (uint8 tensors of in-memory datamodules, or file lists of streaming ones)."""
-
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-    class_names: tuple[str, ...]
-    splits: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
-    files: dict[str, Any] = field(default_factory=dict)
-
-
-_DATA_CACHE: dict[str, DataInfo] = {}
-
-
-def data_info(cfg: DictConfig, split: str | None = None) -> DataInfo:
-    """Build the run's datamodule (cached per data config) for its stats and a split.
-
-    For ``synthetic`` data only ``split`` is generated (the splits come from independent
-    seeds, so the others can shrink to one image without changing it).
-    """
-    from attnexp.data import build_datamodule
-
-    data = OmegaConf.to_container(cfg.data, resolve=True)
-    assert isinstance(data, dict)
-    if data.get("name") == "synthetic":
-        for s in SPLITS:
-            if s != split:
-                data[f"num_{s}"] = 1
-    key = json.dumps(data, sort_keys=True, default=str)
-    if key not in _DATA_CACHE:
-        dm = build_datamodule(data)
-        _DATA_CACHE[key] = DataInfo(
-            tuple(float(v) for v in dm.mean),
-            tuple(float(v) for v in dm.std),
-            tuple(dm.class_names),
-            dict(getattr(dm, "splits", None) or {}),
-            dict(getattr(dm, "files", None) or {}),
-        )
-    return _DATA_CACHE[key]
-
-
-def decode_image(path: str | Path, size: int, resize: int | None = None) -> np.ndarray:
-    """RGB uint8 (size, size, 3): shorter side resized to ``resize`` (default ``size``), then
-    centre-cropped, as the evaluation transform of the data pipeline."""
-    from PIL import Image
-
-    resize = resize or size
-    with Image.open(path) as im:
-        im = im.convert("RGB")
-        scale = resize / min(im.size)
-        if im.size != (size, size):
-            im = im.resize(
-                (max(size, round(im.width * scale)), max(size, round(im.height * scale))),
-                Image.BILINEAR,
-            )
-        left, top = (im.width - size) // 2, (im.height - size) // 2
-        return np.asarray(im.crop((left, top, left + size, top + size)), dtype=np.uint8)
-
-
-def _eval_resize(cfg: DictConfig, size: int) -> int:
-    data = cfg.data
-    if data.get("resize_size"):
-        return int(data.resize_size)
-    return round(size / 0.875) if data.get("recipe") == "imagenet" else size
-
-
-def _list_folder(folder: Path) -> tuple[list[Path], list[int], list[str]]:
-    """Images of ``<folder>/<class>/...`` (labels = sorted class index) or directly in ``folder``."""
-    classes = sorted(d.name for d in folder.iterdir() if d.is_dir() and not d.name.startswith("."))
-    paths: list[Path] = []
-    labels: list[int] = []
-    if classes:
-        for c, name in enumerate(classes):
-            found = sorted(
-                p for p in (folder / name).rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS
-            )
-            paths += found
-            labels += [c] * len(found)
-    else:
-        paths = sorted(
-            p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
-        )
-        labels = [-1] * len(paths)
-    if not paths:
-        raise ConfigError(f"no images in {folder} (extensions {', '.join(IMAGE_EXTENSIONS)})")
-    return paths, labels, classes
-
-
-def pick_indices(labels: torch.Tensor, n: int, pick: str = "balanced", seed: int = 0) -> list[int]:
-    """``n`` indices: ``first``, ``random`` (seeded) or ``balanced`` (round-robin over classes)."""
-    total = int(labels.numel())
-    n = min(n, total)
-    if pick == "first":
-        return list(range(n))
-    if pick == "random":
-        g = torch.Generator().manual_seed(seed)
-        return sorted(torch.randperm(total, generator=g)[:n].tolist())
-    if pick != "balanced":
-        raise ConfigError(f"pick={pick!r}: expected balanced, first or random")
-    per_class: dict[int, list[int]] = {}
-    for i, y in enumerate(labels.tolist()):
-        per_class.setdefault(int(y), []).append(i)
-    queues = [per_class[c] for c in sorted(per_class)]
-    out: list[int] = []
-    depth = 0
-    while len(out) < n:
-        for q in queues:
-            if depth < len(q) and len(out) < n:
-                out.append(q[depth])
-        depth += 1
-    return out
-
-
-def load_images(
-    spec: str | Path, run: LoadedModel, n: int = 16, pick: str = "balanced", seed: int = 0
-) -> ImageBatch:
-    """Images from a split of the run's own data config (``train``/``val``/``test``) or a
-    folder (``<class>/<image>`` layout, or images directly in it), at the run's image size."""
-    if n < 1:
-        raise ConfigError(f"n must be >= 1, got {n}")
-    spec_s = str(spec)
-    size = run.image_size
-    if spec_s in SPLITS:
-        info = data_info(run.cfg, spec_s)
-        source = f"{run.cfg.data.name}:{spec_s}"
-        if spec_s in info.splits:
-            images, labels = info.splits[spec_s]
-            idx = pick_indices(labels.cpu(), n, pick, seed)
-            ys = [int(labels[i]) for i in idx]
-            return ImageBatch(images[idx].cpu(), ys, [info.class_names[y] for y in ys], source)
-        files = info.files.get(spec_s) or (info.files.get("test") if spec_s == "val" else None)
-        if files is None:
-            raise ConfigError(
-                f"the data of {run.run_dir} has no {spec_s!r} split; it has {sorted(info.splits or info.files)}"
-            )
-        idx = pick_indices(torch.tensor(list(files.labels)), n, pick, seed)
-        resize = _eval_resize(run.cfg, size)
-        arrays = np.stack([decode_image(files.paths[i], size, resize) for i in idx])
-        ys = [int(files.labels[i]) for i in idx]
-        return ImageBatch(
-            torch.from_numpy(arrays).permute(0, 3, 1, 2).contiguous(),
-            ys,
-            [info.class_names[y] for y in ys],
-            source,
-        )
-
-    folder = Path(spec_s).expanduser()
-    if not folder.is_dir():
-        raise ConfigError(
-            f"images={spec_s!r} is neither a split ({', '.join(SPLITS)}) of the run's data nor a folder"
-        )
-    paths, labels, classes = _list_folder(folder)
-    idx = (
-        pick_indices(torch.tensor(labels), n, pick, seed)
-        if classes
-        else list(range(min(n, len(paths))))
-    )
-    resize = _eval_resize(run.cfg, size)
-    arrays = np.stack([decode_image(paths[i], size, resize) for i in idx])
-    names = [classes[labels[i]] if classes else paths[i].name for i in idx]
-    run_classes = data_info(run.cfg).class_names if classes else ()
-    ys = [run_classes.index(nm) if nm in run_classes else None for nm in names]
-    return ImageBatch(
-        torch.from_numpy(arrays).permute(0, 3, 1, 2).contiguous(), ys, names, str(folder)
-    )
-
-
-def to_input(images: torch.Tensor, info: DataInfo, size: int | None = None) -> torch.Tensor:
-    """uint8 (N, 3, H, W) -> normalised float input, resized to ``size`` when given."""
-    x = images.float() / 255.0
-    if size is not None and x.shape[-1] != size:
-        x = F.interpolate(
-            x, size=(size, size), mode="bilinear", align_corners=False, antialias=True
-        )
-    mean = torch.tensor(info.mean).view(1, -1, 1, 1)
-    std = torch.tensor(info.std).view(1, -1, 1, 1)
-    return (x - mean) / std
 
 
 # -- capturing maps -----------------------------------------------------------------------------

@@ -61,6 +61,7 @@ def _main(argv: Sequence[str] | None) -> int:
     from rich.console import Console
 
     from attnexp.analysis import profile as prof
+    from attnexp.analysis import profile_report as report
     from attnexp.errors import ConfigError
     from attnexp.models.__main__ import placements_table
     from attnexp.plugins import load_imports
@@ -104,7 +105,7 @@ def _main(argv: Sequence[str] | None) -> int:
             continue
         results.append(result)
         if len(jobs) == 1:
-            console.print(prof.single_report(result, resolved))
+            console.print(report.single_report(result, resolved))
             model = prof.build_from_config(cfg, meta=True)
             if getattr(model, "placed_modules", None):
                 console.print(placements_table(model, f"{cfg.model.name} placements"))
@@ -112,7 +113,7 @@ def _main(argv: Sequence[str] | None) -> int:
             console.print(f"  {label}: done", highlight=False, style="dim")
     if len(jobs) > 1 and results and resolved is not None:
         title = f"{results[0].model} at {results[0].image_size}x{results[0].image_size}"
-        console.print(prof.results_table(results, resolved, title=title))
+        console.print(report.results_table(results, resolved, title=title))
     for line in failed:
         console.print(f"[red]not built[/] {line}", highlight=False)
     if args.json:

@@ -13,19 +13,9 @@ from typing import Annotated, Literal
 
 from pydantic import Field
 
+from attnexp.builders import PRECISIONS
 from attnexp.validation.schema import PassThrough
 
-PRECISIONS = (
-    "auto",
-    "32-true",
-    "32",
-    "bf16-mixed",
-    "16-mixed",
-    "bf16-true",
-    "16-true",
-    "64-true",
-    "transformer-engine",
-)
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps", "tpu")
 #: Arguments set from other groups (callbacks=, logger=) or by attnexp itself.
 MANAGED = ("callbacks", "logger", "plugins")
