@@ -19,10 +19,13 @@ options instead of being swallowed by ``**kwargs``.
 
 from __future__ import annotations
 
+import importlib
 import inspect
+import pkgutil
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 from torch import nn
@@ -258,6 +261,15 @@ def build_conv(
     return spec.cls(in_channels, out_channels, stride, **options)
 
 
+def load_families() -> None:
+    """Import every module file of the zoo package, so that its ``@register`` classes
+    register themselves: a new module inside the package is one new file (files whose name
+    starts with "_" are skipped). Idempotent: Python imports each file once."""
+    package = __name__.rsplit(".", 1)[0]
+    for info in pkgutil.iter_modules([str(Path(__file__).parent)]):
+        if not info.name.startswith("_") and info.name != "registry":
+            importlib.import_module(f"{package}.{info.name}")
+
+
 def _ensure_loaded() -> None:
-    # Importing the package registers every family (the modules register on import).
-    import attnexp.attention  # noqa: F401
+    load_families()
