@@ -319,7 +319,11 @@ class CrissCrossAttention(AttentionModule):
         out = x
         for _ in range(self.recurrence):
             out = self._attend(out)
-        return out.to(x.dtype)
+        # einsum leaves a permuted layout; hand the next conv the input's memory format, or
+        # it rounds differently (the identity start would then differ by ~1e-5 downstream)
+        channels_last = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+        fmt = torch.channels_last if channels_last else torch.contiguous_format
+        return out.to(x.dtype).contiguous(memory_format=fmt)
 
 
 # --------------------------------------------------------------------------------------
