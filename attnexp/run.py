@@ -180,7 +180,15 @@ class _Run:
                 lr=getattr(self.module, "effective_lr", None),
                 per_device_batch=_safe(lambda: int(cfg.data.batch_size)),
                 world_size=int(trainer.world_size) if trainer is not None else None,
-                global_batch=_safe(lambda: self.module.global_batch_size()),
+                # from the trainer, not the module: after ddp_spawn the main process's
+                # module is no longer attached to a trainer
+                global_batch=_safe(
+                    lambda: (
+                        int(cfg.data.batch_size)
+                        * int(trainer.world_size)
+                        * int(trainer.accumulate_grad_batches)
+                    )
+                ),
                 ema=ema is not None,
                 ema_decay=ema.decay if ema is not None else None,
                 resumed_from=str(plan.checkpoint) if plan else None,

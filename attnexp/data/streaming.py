@@ -276,7 +276,9 @@ class StreamingDataModule(L.LightningDataModule):
                 dataset,
                 batch_size=self.batch_size if train else self.eval_batch_size,
                 # eval: sequential; under DDP each image on exactly one rank (no padding)
-                sampler=EpochSampler(len(dataset), self.seed) if train else eval_sampler(self, len(dataset)),
+                sampler=EpochSampler(len(dataset), self.seed)
+                if train
+                else eval_sampler(self, len(dataset)),
                 num_workers=workers,
                 collate_fn=self.train_collate if train else self.eval_collate,
                 pin_memory=self._pin(),

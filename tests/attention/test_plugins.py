@@ -14,6 +14,7 @@ import shutil
 import subprocess
 import sys
 import textwrap
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -82,6 +83,40 @@ def _run(args: list[str], cwd: Path, **env: str) -> subprocess.CompletedProcess:
         [sys.executable, *args], cwd=cwd, env=_env(**env), capture_output=True, text=True,
         timeout=600,
     )  # fmt: skip
+
+
+@pytest.fixture(autouse=True)
+def _registry_restored() -> Iterator[None]:
+    """Modules registered by a test (in process, or by a plugin file it imports) leave the
+    registry, the generated configs and the import cache as they were: later tests (the
+    golden costs, the zoo preset) see the real zoo only."""
+    from hydra.core.config_store import ConfigStore
+
+    from attnexp import plugins
+
+    groups = ("attention", "conv", "variant/zoo")
+
+    def group_node(group: str) -> dict:
+        node = ConfigStore.instance().repo
+        for part in group.split("/"):
+            node = node.get(part, {})
+        return node
+
+    before = set(registry_module._REGISTRY)
+    stored = {group: set(group_node(group)) for group in groups}
+    loaded, modules = dict(plugins._LOADED), set(sys.modules)
+    yield
+    for name in set(registry_module._REGISTRY) - before:
+        registry_module._REGISTRY.pop(name, None)
+    for group in groups:
+        node = group_node(group)
+        for entry in set(node) - stored[group]:
+            node.pop(entry, None)
+    plugins._LOADED.clear()
+    plugins._LOADED.update(loaded)
+    for name in set(sys.modules) - modules:
+        if name not in ("attnexp",) and not name.startswith(("attnexp.", "torch", "hydra")):
+            sys.modules.pop(name, None)
 
 
 @pytest.fixture

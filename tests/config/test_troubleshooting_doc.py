@@ -16,8 +16,8 @@ def test_troubleshooting_doc_is_up_to_date() -> None:
         text=True,
         timeout=300,
     )
-    assert out.returncode == 0, out.stdout + out.stderr + (
-        "\nregenerate with: python scripts/update_troubleshooting.py"
+    assert out.returncode == 0, (
+        out.stdout + out.stderr + ("\nregenerate with: python scripts/update_troubleshooting.py")
     )
 
 

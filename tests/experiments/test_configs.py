@@ -158,7 +158,8 @@ def test_preset_documents_itself_and_its_sweep_exists(name: str) -> None:
         assert ref in available_references()
     for value in split_sweep_values(params.get("variant", "")):
         row = _variant(value)["table"]["row"]
-        if ref is not None and row is not None:
+        unpublished = "no paper number" in str(_variant(value)["table"].get("label"))
+        if ref is not None and row is not None and not unpublished:
             assert reference_table(ref).row(row) is not None, (
                 f"{name}: {value} maps to a row {row!r} missing in {ref}"
             )

@@ -12,7 +12,7 @@ from attnexp.errors import ConfigError
 from attnexp.run import train
 from attnexp.training.precise_bn import recompute_bn_stats
 from tests.data.datagen import CLASSES, write_image_folder
-from tests.training.train_support import TINY, state_dict
+from tests.training.train_support import state_dict
 
 
 def test_recompute_gives_the_equal_weight_average_of_batch_statistics() -> None:
@@ -41,7 +41,10 @@ def test_no_batches_leave_the_statistics_unchanged() -> None:
 def _folder_run(tmp_path, in_memory: bool) -> list[str]:
     root = write_image_folder(tmp_path / "folder", per_class=8, special=False)
     return [
-        *TINY,
+        # not +debug=smoke: it switches to synthetic data and adds its keys to data
+        "callbacks.progress=null",
+        "trainer.deterministic=true",
+        "trainer.accelerator=cpu",
         "attention=cbam",
         "trainer.max_epochs=2",
         "data=imagefolder",

@@ -57,7 +57,7 @@ class PreciseBNSchema(_Entry):
 
 class ProgressSchema(_Entry):
     mode: Literal["auto", "rich", "plain"] = "auto"
-    every_seconds: Annotated[float, Field(gt=0.0, allow_inf_nan=False)] = 30.0
+    every_seconds: Annotated[float, Field(ge=0.0, allow_inf_nan=False)] = 30.0  # 0: off
     every_n_steps: PosInt | None = None
     leave: bool = False
 

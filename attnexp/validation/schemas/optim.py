@@ -59,6 +59,6 @@ class SchedulerSchema(Schema):
         description="a list of increasing numbers > 0 (epochs, or steps with unit=step), "
         "within the run",
     )
-    gamma: Annotated[float, Field(gt=0.0, le=1.0, allow_inf_nan=False)] = 0.1
+    gamma: Annotated[float, Field(gt=0.0, allow_inf_nan=False)] = 0.1  # > 1 grows the lr: legal
     pct_start: Annotated[float, Field(gt=0.0, lt=1.0, allow_inf_nan=False)] = 0.25
     div_start: Annotated[float, Field(gt=0.0, le=1.0, allow_inf_nan=False)] = 0.04
