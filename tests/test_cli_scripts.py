@@ -51,6 +51,7 @@ def test_entry_point_resolves(name: str) -> None:
     assert callable(target), f"{name} = {ep.value} is not callable"
 
 
+@pytest.mark.essential  # one interpreter start per script, ~70 s in all
 @pytest.mark.parametrize("name", sorted(DECLARED))
 def test_script_help_exits_0(name: str, tmp_path: Path) -> None:
     """``<script> --help`` in a fresh process: exit 0 and a usage text naming the command

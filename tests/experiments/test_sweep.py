@@ -30,6 +30,7 @@ def _table_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.essential  # a real 3-job sweep + table, ~35 s
 def test_cbam_table3_sweep_and_table(tmp_path: Path) -> None:
     train = subprocess.run(
         [

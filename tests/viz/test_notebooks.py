@@ -32,6 +32,7 @@ def test_notebook_stored_without_outputs(path: Path) -> None:
     assert "ATTNEXP_NOTEBOOK_TINY" in "".join(c.source for c in book.cells)
 
 
+@pytest.mark.essential  # ~50 s for the three: CI's second stage keeps make test < 15 min
 @pytest.mark.timeout(600)
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
 def test_notebook_executes(path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
