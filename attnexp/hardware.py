@@ -255,12 +255,30 @@ except ImportError:  # pragma: no cover - Hydra is a dependency
     _HydraCallback = object  # type: ignore[assignment,misc]
 
 
+def launcher_problem(config: DictConfig) -> str | None:
+    """What is wrong with the launcher's own settings (None: nothing we know of).
+
+    joblib reads ``n_jobs=0`` as nothing to run in parallel and fails deep inside the
+    launcher; say so before the sweep starts."""
+    n_jobs = OmegaConf.select(config, "hydra.launcher.n_jobs", default=None)
+    if n_jobs is None:
+        return None
+    if isinstance(n_jobs, bool) or not isinstance(n_jobs, int) or n_jobs == 0:
+        return (
+            f"hydra.launcher.n_jobs={n_jobs!r}: the number of jobs run in parallel must be a "
+            "positive integer (e.g. the number of GPUs), or negative to count back from the "
+            "CPUs (-1 = one job per CPU). Nothing was run."
+        )
+    return None
+
+
 class RefuseMultirunDdp(_HydraCallback):  # type: ignore[misc,valid-type]
-    """Hydra callback: stop a multirun that would re-execute itself under DDP before its first
-    job (message on stderr, exit code 2: a config error)."""
+    """Hydra callback: stop a multirun that cannot run as configured before its first job
+    (message on stderr, exit code 2: a config error): one that would re-execute itself under
+    DDP, or a launcher setting the launcher would reject mid-sweep."""
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        problem = multirun_ddp_problem(config)
+        problem = multirun_ddp_problem(config) or launcher_problem(config)
         if problem:
             sys.stderr.write(f"attnexp-train: config error: {problem}\n")
             sys.stderr.flush()

@@ -51,6 +51,31 @@ def test_which_sweeps_would_reexecute(overrides: list[str], refused: bool) -> No
     assert (hardware.multirun_ddp_problem(cfg) is not None) == refused
 
 
+@pytest.mark.parametrize(
+    ("n_jobs", "refused"), [(0, True), ("two", True), (True, True), (2, False), (-1, False)]
+)
+def test_launcher_parallel_jobs_are_checked(n_jobs: object, refused: bool) -> None:
+    cfg = compose_config(["launcher=joblib"])
+    with open_dict(cfg):
+        cfg.hydra = {"launcher": {"n_jobs": n_jobs}}
+    problem = hardware.launcher_problem(cfg)
+    assert (problem is not None) == refused
+    if refused:
+        assert "hydra.launcher.n_jobs" in problem and "-1 = one job per CPU" in problem
+
+
+def test_zero_parallel_jobs_are_refused_before_anything_runs(tmp_path: Path) -> None:
+    root = tmp_path / "out"
+    proc = subprocess.run(
+        [sys.executable, "-m", "attnexp.cli.train", "-m", "attention=none,se", "launcher=joblib",
+         "hydra.launcher.n_jobs=0", "+debug=smoke", f"paths.root={root}"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "hydra.launcher.n_jobs=0" in proc.stderr and "Nothing was run" in proc.stderr
+    assert not list(root.rglob("metrics.json"))
+
+
 def test_latest_never_picks_an_empty_sweep_dir(tmp_path: Path) -> None:
     multirun = tmp_path / "exp" / "multirun"
     good = multirun / "2026-01-01_00-00-00-000000_1"

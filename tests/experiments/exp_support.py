@@ -55,6 +55,8 @@ def write_run(
     macs: int = 5000,
     dataset: str = "cifar100",
     job_num: int = 0,
+    images_per_s: float | None = None,
+    compiled: bool = False,
 ) -> Path:
     """A metrics.json as attnexp.run writes it (only the fields attnexp-table reads)."""
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -73,6 +75,8 @@ def write_run(
         "best": {"val_top1_err": top1},
         "final": {"val_top1_err": top1, "val_top5_err": top5},
         "costs": {"params": params, "macs": macs},
+        "throughput": {"train_images_per_s": images_per_s, "device": "cpu"},
+        "training": {"compile": {"setting": "auto", "compiled": compiled}},
         "hydra": {"overrides": [*overrides, f"seed={seed}"], "choices": {}, "job_num": job_num},
         "config": {"data": {"name": dataset}, "seed": seed, **({"table": table} if table else {})},
     }

@@ -124,6 +124,36 @@ def test_rows_grouped_by_variant_with_baseline_ci_and_paper(tmp_path: Path) -> N
     )
 
 
+def test_measured_throughput_per_setting(tmp_path: Path) -> None:
+    """train img/s: mean ± std of the completed runs' measured throughput, and how many of
+    them were compiled; the CSV keeps the plain values."""
+    sweep = tmp_path / "multirun" / "s"
+    rates = {"none": [(400.0, True), (420.0, True)], "se": [(300.0, False), (330.0, True)]}
+    job = 0
+    for module, runs in rates.items():
+        for seed, (rate, compiled) in enumerate(runs):
+            write_run(
+                sweep / str(job),
+                [f"attention={module}"],
+                seed=seed,
+                top1=30.0 + seed,
+                job_num=job,
+                images_per_s=rate,
+                compiled=compiled,
+            )
+            job += 1
+    write_run(sweep / str(job), ["attention=eca"], seed=0, top1=31.0, job_num=job)  # no rate
+    table = build_table([sweep])
+    none, se, eca = table.rows
+    assert none.train_images_per_s.mean == 410.0 and none.compiled_runs == 2
+    assert se.train_images_per_s.std == pytest.approx(statistics.stdev([300.0, 330.0]))
+    md = table.to_markdown()
+    assert "train img/s" in md and "410 ± 14 (compiled)" in md and "315 ± 21 (1/2 compiled)" in md
+    assert eca.train_images_per_s.n == 0 and "| – |" in md
+    record = table.records()[1]
+    assert record["train_images_per_s_mean"] == 315.0 and record["compiled_runs"] == 1
+
+
 def test_failed_and_missing_runs_are_flagged_not_dropped(tmp_path: Path) -> None:
     sweep = _sweep(tmp_path, {"baseline": [30.0, 31.0], "se": [29.0, 29.4]})
     # one run failed (metrics.json with status failed), one never wrote metrics.json

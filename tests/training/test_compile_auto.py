@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -36,7 +37,22 @@ def test_decide_compiles_long_runs_only() -> None:
     short = decide(0.1, 100, compile_s=30.0, ratio=0.85)  # 1.5 s saved for 30 s of compiling
     assert not short.compile and "expected saving -28 s" in short.reason
     assert decide(0.1, math.inf, 30.0, 0.85).compile
-    assert "measured" in decide(0.1, 10, 5.0, 0.8, measured=True).line()
+    assert "(measured)" in decide(0.1, 10, 5.0, 0.8, how="measured").line()
+
+
+def test_compile_estimate_prefers_the_warm_start() -> None:
+    """A model compiled before starts from the warm caches: its measured warm start, else a
+    fraction of its cold compile (a slow first compile must not keep auto off for good)."""
+    net = _Net()
+    guess, how = compile_mod.expected_compile_seconds({}, net)
+    assert how == "estimated" and guess == pytest.approx(
+        compile_mod.SECONDS_PER_LEAF * 3
+    )  # conv, bn, fc
+    seconds, how = compile_mod.expected_compile_seconds({"compile_s": 100.0}, net)
+    assert seconds == pytest.approx(100.0 * compile_mod.WARM_FRACTION)
+    assert "cold 100 s measured" in how
+    record = {"compile_s": 100.0, "warm_compile_s": 7.0}
+    assert compile_mod.expected_compile_seconds(record, net) == (7.0, "measured, warm caches")
 
 
 @pytest.mark.parametrize(
@@ -187,6 +203,20 @@ def test_auto_decides_from_timed_steps(monkeypatch) -> None:
     assert "compile ~0.0 s (estimated)" in decision["reason"]
     assert decision["eager_step_s"] > 0 and decision["compiled_step_s"] > 0
     (record,) = compile_mod.read_records().values()
-    assert record["compile_s"] >= 0 and record["ratio"] > 0
-    module, _ = _fit(auto, steps=8)  # the second run uses the measured figures
-    assert "(measured)" in module.compile_decision["reason"]
+    assert record["compile_s"] >= 0 and record["ratio"] > 0 and "warm_compile_s" not in record
+    assert module.compile_decision["warm_caches"] is False
+    # Later runs are too short to pay even for a warm start: force the decision to "on" to
+    # follow what they record (the reason still states the real estimate).
+    real_decide = compile_mod.decide
+    monkeypatch.setattr(
+        compile_mod,
+        "decide",
+        lambda *a, **k: dataclasses.replace(real_decide(*a, **k), compile=True),
+    )
+    module, _ = _fit(auto, steps=8)  # the second run starts from the caches the first filled
+    assert "warm caches, cold" in module.compile_decision["reason"]
+    assert module.compile_decision["warm_caches"] is True
+    (record,) = compile_mod.read_records().values()
+    assert record["warm_compile_s"] >= 0
+    module, _ = _fit(auto, steps=8)  # and the third uses the measured warm start
+    assert "(measured, warm caches)" in module.compile_decision["reason"]

@@ -41,6 +41,18 @@ def err(stat: Stat) -> str:
     return f"{stat.mean:.2f}{std} ({stat.n})"
 
 
+def _throughput(row: Row) -> str:
+    """``412 ± 9``, with how many of the runs were compiled when not all or none."""
+    stat = row.train_images_per_s
+    if stat.mean is None:
+        return "–"
+    text = f"{stat.mean:.0f}" + (f" ± {stat.std:.0f}" if stat.std is not None else "")
+    compiled = row.compiled_runs
+    if compiled == stat.n:
+        return f"{text} (compiled)"
+    return text if compiled == 0 else f"{text} ({compiled}/{stat.n} compiled)"
+
+
 def _runs(row: Row) -> str:
     extra = [f"{c} {s.replace('_', ' ')}" for s, c in row.counts.items() if s != "completed"]
     return f"{row.n} ⚠ {', '.join(extra)}" if extra else str(row.n)
@@ -176,6 +188,14 @@ COLUMNS: tuple[Column, ...] = (
         lambda r: err(r.top5),
         fields=("top5_err_mean", "top5_err_std"),
         plain=lambda r: (r.top5.mean, r.top5.std),
+    ),
+    Column(
+        "train_images_per_s",
+        _const("train img/s"),
+        lambda r: r.train_images_per_s,
+        _throughput,
+        fields=("train_images_per_s_mean", "train_images_per_s_std", "compiled_runs"),
+        plain=lambda r: (r.train_images_per_s.mean, r.train_images_per_s.std, r.compiled_runs),
     ),
     Column(
         "baseline",

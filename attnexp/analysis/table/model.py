@@ -66,6 +66,26 @@ class Row:
         return [r for r in self.runs if not r.ok]
 
     @property
+    def train_images_per_s(self) -> Stat:
+        """Measured training throughput of the completed runs (images per second over the
+        whole fit: validation and any compile included, as a user waits for it)."""
+        rates = [
+            r.record.throughput.train_images_per_s
+            for r in self.runs
+            if r.ok and r.record is not None and r.record.throughput.train_images_per_s
+        ]
+        return Stat(tuple(float(x) for x in rates))
+
+    @property
+    def compiled_runs(self) -> int:
+        """Completed runs that trained with ``torch.compile`` (``training.compile``)."""
+        return sum(
+            1
+            for r in self.runs
+            if r.ok and r.record is not None and (r.record.training.compile or {}).get("compiled")
+        )
+
+    @property
     def delta_top1(self) -> float | None:
         if self.baseline is None or self.top1.mean is None or self.baseline.top1.mean is None:
             return None

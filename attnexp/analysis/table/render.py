@@ -41,7 +41,9 @@ def footer(table: PaperTable) -> list[str]:
         "when the interval excludes 0; n/a when the row or its baseline has fewer than 2 "
         "completed runs.",
         "Params and MACs per model (MACs = conv + linear multiply-adds for one image at "
-        "the run's input size, attnexp.models.costs).",
+        "the run's input size, attnexp.models.costs). train img/s = training images per "
+        "second of the whole fit (validation and any compile included), mean ± std over "
+        "the runs; runs on different machines or loads are not comparable.",
     ]
     for ref in table.references:
         lines.append(f"Paper: {ref.source}.")
