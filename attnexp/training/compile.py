@@ -85,7 +85,24 @@ def enable_persistent_cache() -> Path:
 
     inductor_config.fx_graph_cache = True
     functorch_config.enable_autograd_cache = True
+    allow_many_compiled_models()
     return Path(path)
+
+
+#: Compiled entries per code object before dynamo silently runs it eagerly (torch's default
+#: is 8). Every model compiled in one process adds entries to the same code object
+#: (``nn.Module._call_impl`` / the model's ``forward``): train, eval and no-grad graphs. A
+#: sweep on the basic launcher runs all its jobs in one process, so with the default the
+#: fourth or fifth job would train eagerly while its log said "compile: on".
+RECOMPILE_LIMIT = 64
+
+
+def allow_many_compiled_models(limit: int = RECOMPILE_LIMIT) -> None:
+    """Raise dynamo's per-code-object recompile limit to at least ``limit``."""
+    import torch._dynamo.config as dynamo_config
+
+    name = "recompile_limit" if hasattr(dynamo_config, "recompile_limit") else "cache_size_limit"
+    setattr(dynamo_config, name, max(int(getattr(dynamo_config, name)), limit))
 
 
 # ----------------------------------------------------------------------------- decisions

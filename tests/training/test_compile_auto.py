@@ -112,6 +112,34 @@ def test_persistent_cache_dir(_cache_dir: Path, monkeypatch) -> None:
     assert compile_mod.enable_persistent_cache() == _cache_dir / "mine"
 
 
+def test_many_models_compiled_in_one_process_all_run_compiled() -> None:
+    """A sweep on the basic launcher compiles one model per job in one process; past dynamo's
+    default limit of 8 entries per code object the later ones would silently run eagerly."""
+    import torch._dynamo.config as dynamo_config
+
+    name = "recompile_limit" if hasattr(dynamo_config, "recompile_limit") else "cache_size_limit"
+    before = getattr(dynamo_config, name)  # (monkeypatch would delete the config entry on undo)
+    graphs = []
+
+    def counting_backend(gm: torch.fx.GraphModule, example_inputs: list) -> object:
+        graphs.append(gm)
+        return gm.forward
+
+    try:
+        setattr(dynamo_config, name, 8)  # torch's default, whatever ran before
+        torch._dynamo.reset()
+        compile_mod.allow_many_compiled_models()
+        x = torch.randn(2, 3, 8, 8)
+        for depth in range(1, 13):  # 12 architectures (the same one is not recompiled)
+            net = nn.Sequential(*(nn.Conv2d(3, 3, 1) for _ in range(depth)))
+            compile_mod.compile_in_place(net, {"backend": counting_backend})
+            net(x)
+    finally:
+        torch._dynamo.reset()
+        setattr(dynamo_config, name, before)
+    assert len(graphs) == 12
+
+
 # ----------------------------------------------------------------------------- real fits
 def test_smoke_run_does_not_compile(make_cfg, monkeypatch) -> None:
     """+debug=smoke (2 steps) with the default training.compile=auto stays eager."""
