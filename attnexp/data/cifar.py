@@ -26,7 +26,7 @@ import torch
 
 from attnexp.data.augment import augment_options
 from attnexp.data.datamodule import STORAGE_CHOICES, InMemoryDataModule
-from attnexp.data.listing import holdout
+from attnexp.data.listing import holdout, limit_splits
 from attnexp.data.memory import BatchAugment
 from attnexp.data.options import get_bool, get_choice, get_int, get_path, get_triple
 from attnexp.errors import ConfigError
@@ -199,6 +199,7 @@ def build_cifar(cfg: Mapping[str, Any]) -> L.LightningDataModule:
         splits["train"] = (images[train_idx], labels[train_idx])
     else:
         splits["val"] = splits["test"]  # the common CIFAR practice; documented in docs/data.md
+    splits = limit_splits(splits, cfg, get_int(cfg, "split_seed", 0), variant)
     batch_size = get_int(cfg, "batch_size", 128, minimum=1)
     return InMemoryDataModule(
         splits,

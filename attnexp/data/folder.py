@@ -31,6 +31,7 @@ from attnexp.data.listing import (
     check_num_classes,
     default_cache_dir,
     holdout,
+    limit_splits,
     list_images,
     load_split,
 )
@@ -109,6 +110,14 @@ def build_imagefolder(
             files["test"] if str(val_dir) == test_dir else list_images(root / str(val_dir), classes)
         )
 
+    if val_size:  # on the file lists, so both feeding paths hold out the same images
+        train_idx, val_idx = holdout(
+            len(files["train"]), val_size, split_seed, str(root / train_dir)
+        )
+        files["val"] = files["train"].subset(val_idx.tolist())
+        files["train"] = files["train"].subset(train_idx.tolist())
+    files = limit_splits(files, cfg, split_seed, name)
+
     count = sum(len(f) for f in {id(f): f for f in files.values()}.values())
     decoded_gb = count * 3 * size * size / 1e9
     in_memory = mode == "true" or (mode == "auto" and recipe == "cifar" and decoded_gb <= limit_gb)
@@ -133,12 +142,6 @@ def build_imagefolder(
     if not in_memory:
         from attnexp.data.streaming import StreamingDataModule, estimate_stats
 
-        if val_size:
-            train_idx, val_idx = holdout(
-                len(files["train"]), val_size, split_seed, str(root / train_dir)
-            )
-            files["val"] = files["train"].subset(val_idx.tolist())
-            files["train"] = files["train"].subset(train_idx.tolist())
         mean, std = _stats(
             cfg, recipe, lambda: estimate_stats(files["train"], size, seed=split_seed)
         )
@@ -168,11 +171,6 @@ def build_imagefolder(
     unique = {id(f): load_split(f, size, cache_dir, skip) for f in files.values()}
     decoded = {split: unique[id(f)] for split, f in files.items()}
     splits = {split: (d.images, d.labels) for split, d in decoded.items()}
-    if val_size:
-        train_images, train_labels = splits["train"]
-        train_idx, val_idx = holdout(len(train_labels), val_size, split_seed, str(root / train_dir))
-        splits["val"] = (train_images[val_idx], train_labels[val_idx])
-        splits["train"] = (train_images[train_idx], train_labels[train_idx])
     splits.setdefault(
         "val", splits["test"]
     )  # no val folder or hold-out: validate on test (documented)

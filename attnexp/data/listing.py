@@ -16,7 +16,7 @@ import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 
@@ -51,6 +51,10 @@ class FileList:
             [self.labels[i] for i in indices],
             self.classes,
         )
+
+
+#: One split before decoding (a file list) or after ((uint8 images, int64 labels)).
+Split = TypeVar("Split", FileList, tuple[torch.Tensor, torch.Tensor])
 
 
 @dataclass
@@ -240,6 +244,65 @@ def holdout(n: int, val_size: int, seed: int, what: str) -> tuple[torch.Tensor, 
         )
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
     return perm[val_size:].sort().values, perm[:val_size].sort().values
+
+
+def nested_order(labels: torch.Tensor, seed: int) -> torch.Tensor:
+    """A seeded order of the samples in which every prefix is class-balanced (to within one
+    image per class, as far as the classes are large enough) and each prefix contains the
+    shorter ones, so ``num_train=1000`` holds the images of ``num_train=500``."""
+    n = labels.numel()
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    shuffled = labels[perm]
+    by_class = torch.argsort(shuffled, stable=True)  # grouped by class, shuffled order within
+    counts = torch.bincount(shuffled)
+    starts = torch.repeat_interleave(torch.cumsum(counts, 0) - counts, counts)
+    rank = torch.empty(n, dtype=torch.int64)
+    rank[by_class] = torch.arange(n) - starts  # position of each sample within its class
+    return perm[torch.argsort(rank * n + torch.arange(n))]
+
+
+def limit_split(
+    labels: torch.Tensor | Sequence[int], limit: int | None, seed: int, what: str
+) -> torch.Tensor | None:
+    """Sorted indices of a class-balanced subset of ``limit`` samples (``data.num_train`` /
+    ``num_val`` / ``num_test`` on a real dataset), or None to keep every sample. A limit
+    above the split's size keeps the whole split, with a warning."""
+    if limit is None:
+        return None
+    labels = torch.as_tensor(labels, dtype=torch.int64)
+    if limit >= labels.numel():
+        if limit > labels.numel():
+            log.warning("%s: asked for %d images, it has %d: using all", what, limit, len(labels))
+        return None
+    return nested_order(labels, seed)[:limit].sort().values
+
+
+#: The keys that cap each split of a real dataset (on data=synthetic: how many to generate).
+LIMIT_KEYS = {"train": "num_train", "val": "num_val", "test": "num_test"}
+
+
+def limit_splits(
+    splits: dict[str, Split], cfg: Mapping[str, Any], seed: int, name: str
+) -> dict[str, Split]:
+    """Apply ``data.num_train`` / ``num_val`` / ``num_test`` to ``(images, labels)`` pairs or
+    :class:`FileList` s (before decoding, so a small subset of a big folder decodes fast)."""
+    from attnexp.data.options import get_optional_int
+
+    out = dict(splits)
+    for split, key in LIMIT_KEYS.items():
+        limit = get_optional_int(cfg, key, minimum=1)
+        if split not in out or limit is None:
+            continue
+        part = out[split]
+        labels = part.labels if isinstance(part, FileList) else part[1]
+        keep = limit_split(labels, limit, seed, f"data.{key}={limit}: {name} {split} split")
+        if keep is None:
+            continue
+        if isinstance(part, FileList):
+            out[split] = part.subset(keep.tolist())
+        else:
+            out[split] = (part[0][keep], part[1][keep])
+    return out
 
 
 def check_num_classes(cfg: Mapping[str, Any], found: int, where: Path) -> int:

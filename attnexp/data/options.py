@@ -34,6 +34,11 @@ def get_int(
     return number
 
 
+def get_optional_int(cfg: Mapping[str, Any], key: str, minimum: int | None = None) -> int | None:
+    """An integer key whose null (or absence) means "not set"."""
+    return None if cfg.get(key) is None else get_int(cfg, key, None, minimum)
+
+
 def get_float(
     cfg: Mapping[str, Any], key: str, default: float, minimum: float | None = None
 ) -> float:

@@ -42,8 +42,15 @@ import torch
 from torch import nn
 
 #: Eager steps timed before an ``auto`` decision (the step before them is not timed: the first
-#: step pays for lazy initialisation).
-WARMUP_STEPS = 2
+#: step pays for lazy initialisation). Their median is also the eager side of the measured
+#: speed-up; with 2 steps, one slow step on a shared machine moved it by 10%.
+WARMUP_STEPS = 8
+#: Compiled steps timed (after the first) for the speed-up remembered for the model. The first
+#: few compiled steps are slower (new buffers); a 2-step median measured 0.97 on ResNet-20
+#: where the whole run ran at 0.82 of the eager step, and the next run then stayed eager.
+RATIO_STEPS = 30
+#: Measured speed-ups kept per model; the decision uses their median.
+RATIO_HISTORY = 5
 #: Compiled step time / eager step time assumed before one was measured for the model:
 #: ``scripts/bench.py --sections e`` measured 0.69-0.89 on the 2-core CPU (ResNet-20) and the
 #: same range is typical on GPUs; the upper end keeps the decision conservative.
@@ -200,6 +207,14 @@ def expected_compile_seconds(record: Mapping[str, Any], model: nn.Module) -> tup
     return guess_compile_seconds(model), "estimated"
 
 
+def measured_ratio(record: Mapping[str, Any]) -> float:
+    """The median of the model's measured compiled / eager step ratios, else
+    :data:`ASSUMED_RATIO`. A lone ``ratio`` (records before 2026-12-01, from 2 steps per side)
+    is not trusted: one of them kept ``auto`` off for a model that ran at 0.82."""
+    ratios = record.get("ratios") or []
+    return float(statistics.median(ratios)) if ratios else ASSUMED_RATIO
+
+
 # ----------------------------------------------------------------------------- compiled call
 class GuardedCompiled:
     """The compiled ``_call_impl`` of a module with an eager fallback.
@@ -303,6 +318,7 @@ class CompileWhenItPays(L.Callback):
         #: whether this model was compiled here before (its kernels are in the caches)
         self.warm_start = False
         self._train_compile_s: float | None = None
+        self._speed_remembered = False
         self._start = 0.0
         self._remaining = 0.0
 
@@ -360,7 +376,7 @@ class CompileWhenItPays(L.Callback):
         batch_idx: int,
     ) -> None:
         timing = self.decision is None or (
-            self.guarded is not None and len(self.compiled_times) < self.warmup_steps + 1
+            self.guarded is not None and len(self.compiled_times) < RATIO_STEPS + 1
         )
         if not timing:
             return
@@ -374,7 +390,7 @@ class CompileWhenItPays(L.Callback):
                 self._decide(trainer, pl_module, batch)
         else:
             self.compiled_times.append(elapsed)
-            if len(self.compiled_times) == self.warmup_steps + 1:
+            if len(self.compiled_times) == RATIO_STEPS + 1:
                 self._remember_speed(pl_module)
 
     # -- internals ---------------------------------------------------------------------------
@@ -383,7 +399,7 @@ class CompileWhenItPays(L.Callback):
         self.key = model_key(pl_module.model, _input_of(pl_module, batch), self.options)
         record = read_records().get(self.key, {})
         compile_s, how = expected_compile_seconds(record, pl_module.model)
-        ratio = float(record.get("ratio", ASSUMED_RATIO))
+        ratio = measured_ratio(record)
         decision = decide(step_s, self._remaining, compile_s, ratio, how)
         # Every rank must do the same (rank 0's timing decides).
         decision = trainer.strategy.broadcast(decision, src=0)
@@ -407,7 +423,11 @@ class CompileWhenItPays(L.Callback):
         pl_module.compile_decision = self.summary()
 
     def _remember_speed(self, pl_module: L.LightningModule) -> None:
-        if self.guarded is None or self.guarded.failed is not None or self.key is None:
+        """Record the compile time and the compiled / eager step ratio (called after
+        ``RATIO_STEPS`` compiled steps, or at the end of a shorter fit)."""
+        self._speed_remembered = True
+        g = self.guarded
+        if g is None or g.failed is not None or self.key is None or len(self.compiled_times) < 2:
             return
         compiled = statistics.median(self.compiled_times[1:])
         values: dict[str, Any] = {}
@@ -416,7 +436,10 @@ class CompileWhenItPays(L.Callback):
             self._train_compile_s = max(self.probe_s - step, 0.0)
             values[self._compile_field] = self._train_compile_s
         if self.eager_times[1:]:
-            values["ratio"] = compiled / statistics.median(self.eager_times[1:])
+            ratio = compiled / statistics.median(self.eager_times[1:])
+            record = read_records().get(self.key, {})
+            history = [*record.get("ratios", []), ratio][-RATIO_HISTORY:]
+            values.update(ratios=history, ratio=statistics.median(history))
         write_record(self.key, values)
         pl_module.compile_decision = self.summary()
 
@@ -425,6 +448,8 @@ class CompileWhenItPays(L.Callback):
         return "warm_compile_s" if self.warm_start else "compile_s"
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not self._speed_remembered:
+            self._remember_speed(pl_module)
         g = self.guarded
         train_s = self._train_compile_s
         if g is not None and g.failed is None and self.key and train_s is not None:

@@ -159,7 +159,8 @@ def train_images(data: Mapping[str, Any]) -> int | None:
     if name == "synthetic":
         return int(data.get("num_train", 5000))
     if name in ("cifar10", "cifar100"):
-        return CIFAR_TRAIN - int(data.get("val_size", 0) or 0)
+        images = CIFAR_TRAIN - int(data.get("val_size", 0) or 0)
+        return min(images, int(data["num_train"])) if data.get("num_train") else images
     return None
 
 

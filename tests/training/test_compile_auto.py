@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import statistics
 from pathlib import Path
 
 import lightning as L
@@ -248,3 +249,13 @@ def test_auto_decides_from_timed_steps(monkeypatch) -> None:
     assert record["warm_compile_s"] >= 0
     module, _ = _fit(auto, steps=8)  # and the third uses the measured warm start
     assert "(measured, warm caches)" in module.compile_decision["reason"]
+    (record,) = compile_mod.read_records().values()
+    assert len(record["ratios"]) == 3 and record["ratio"] == statistics.median(record["ratios"])
+
+
+def test_speed_ratio_is_the_median_of_recent_measurements() -> None:
+    """One noisy measurement must not decide for every later run, and a lone legacy
+    ``ratio`` (2 timed steps per side) is not trusted."""
+    assert compile_mod.measured_ratio({}) == compile_mod.ASSUMED_RATIO
+    assert compile_mod.measured_ratio({"ratio": 1.01}) == compile_mod.ASSUMED_RATIO
+    assert compile_mod.measured_ratio({"ratios": [0.8, 1.3, 0.82]}) == 0.82

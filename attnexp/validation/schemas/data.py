@@ -66,7 +66,15 @@ class SyntheticSchema(_Common):
     )
 
 
-class CifarSchema(_Common):
+class _Limits(Schema):
+    """``num_train`` / ``num_val`` / ``num_test`` on a real dataset: a cap, null = all."""
+
+    num_train: PosInt | None = Field(None, description="null (all) or an integer >= 1")
+    num_val: PosInt | None = Field(None, description="null (all) or an integer >= 1")
+    num_test: PosInt | None = Field(None, description="null (all) or an integer >= 1")
+
+
+class CifarSchema(_Limits, _Common):
     name: Literal["cifar10", "cifar100"]
     root: str = Field(min_length=1)
     download: bool = True
@@ -78,7 +86,7 @@ class CifarSchema(_Common):
     std: Triple | None = Field(None, description=STATS)
 
 
-class FolderSchema(_Common):
+class FolderSchema(_Limits, _Common):
     name: Literal["imagefolder", "imagenet"]
     root: str = Field(min_length=1)
     train_split: str = Field("train", min_length=1)
