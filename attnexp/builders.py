@@ -81,8 +81,8 @@ MODULE_TRAINING_KEYS = (
     "nonfinite_check_every",
     "backbone_lr_mult",
 )
-#: Keys of the ``training`` config read elsewhere (trainer, this file).
-OTHER_TRAINING_KEYS = ("sync_bn",)
+#: Keys of the ``training`` config read elsewhere (trainer, fast_defaults, this file).
+OTHER_TRAINING_KEYS = ("sync_bn", "retain_host_memory")
 
 
 def training_options(cfg: DictConfig) -> dict[str, Any]:

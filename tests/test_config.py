@@ -73,6 +73,7 @@ def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.essential  # four CLI subprocesses: ~22 s (make test stays under 15 min)
 def test_cli_help_and_cfg_job(tmp_path: Path) -> None:
     help_out = _cli("--help", cwd=tmp_path)
     assert help_out.returncode == 0, help_out.stderr

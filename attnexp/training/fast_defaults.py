@@ -22,6 +22,7 @@ from typing import Any
 import torch
 
 from attnexp.errors import ConfigError
+from attnexp.training import host_memory
 
 #: channels_last for CPU training: ``scripts/bench.py`` section (d) on the 2-core dev machine
 #: (2026-11-21, quiet): train step 0.76x the contiguous time for ResNet-20, 0.84x for ResNet-50.
@@ -61,6 +62,12 @@ def resolve_channels_last(value: Any, device: str) -> bool:
     if flag is not None:
         return flag
     return {"cuda": True, "cpu": CPU_CHANNELS_LAST}.get(device, False)
+
+
+def resolve_retain_host_memory(value: Any, device: str) -> bool:
+    """``auto``: on for CPU training (see :mod:`attnexp.training.host_memory`)."""
+    flag = _flag("retain_host_memory", value)
+    return device == "cpu" if flag is None else flag
 
 
 def resolve_compile(value: Any) -> str | bool | dict[str, Any]:
@@ -131,6 +138,8 @@ def apply(
     options = dict(training or {})
     options["channels_last"] = resolve_channels_last(options.get("channels_last", "auto"), device)
     options["compile"] = resolve_compile(options.get("compile", "auto"))
+    retain = resolve_retain_host_memory(options.get("retain_host_memory", "auto"), device)
+    options["retain_host_memory"] = retain and host_memory.retain_freed_memory()
     return options, fast_optimizer(optimizer, device, precision)
 
 
@@ -143,4 +152,5 @@ def describe(accelerator: str | None = "auto", precision: Any = "auto") -> dict[
         "channels_last": resolve_channels_last("auto", device),
         "optimizer_step": STEP_KERNEL.get(device, "default"),
         "compile": "auto (compiled when the run is long enough to pay for it)",
+        "retain_host_memory": resolve_retain_host_memory("auto", device),
     }

@@ -16,7 +16,7 @@ from attnexp.attention import available
 from attnexp.cli.zoo import main as list_zoo
 from attnexp.cli.zoo import zoo_entries
 from attnexp.models import build_model
-from attnexp.training import fast_defaults
+from attnexp.training import fast_defaults, host_memory
 
 
 def resnet20(attention: str | None = None) -> torch.nn.Module:
@@ -167,7 +167,11 @@ def test_fast_optimizer_kernels() -> None:
     training, factory = fast_defaults.apply(
         {"channels_last": "auto", "compile": "auto"}, sgd, "cpu"
     )
-    assert training == {"channels_last": fast_defaults.CPU_CHANNELS_LAST, "compile": "auto"}
+    assert training == {
+        "channels_last": fast_defaults.CPU_CHANNELS_LAST,
+        "compile": "auto",
+        "retain_host_memory": host_memory._glibc() is not None,  # on for CPU where it applies
+    }
     assert factory.keywords[cpu_kernel] is True
 
 

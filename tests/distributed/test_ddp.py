@@ -127,6 +127,7 @@ def test_resume_after_a_kill_ends_like_the_uninterrupted_run(ddp, tmp_path: Path
     assert not same_tensors(ref_w, got_w)
 
 
+@pytest.mark.essential  # ddp_spawn + ddp fits: ~25 s (make test stays under 15 min)
 def test_ddp_spawn_records_what_ddp_records(ddp, tmp_path: Path) -> None:
     proc = start(
         [*TINY_DDP, "trainer.devices=2", "trainer.strategy=ddp_spawn", "logger=wandb",

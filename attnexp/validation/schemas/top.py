@@ -28,6 +28,7 @@ class TrainingSchema(Schema):
     label_smoothing: Annotated[float, Field(ge=0.0, lt=1.0, allow_inf_nan=False)] = 0.0
     no_decay_bn_bias: bool = False
     channels_last: bool | Literal["auto"] = "auto"
+    retain_host_memory: bool | Literal["auto"] = "auto"
     compile: bool | Literal["auto"] | dict[str, Any] = Field(
         "auto", description="auto, true, false or a mapping of torch.compile options"
     )
