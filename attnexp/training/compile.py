@@ -51,6 +51,8 @@ WARMUP_STEPS = 8
 RATIO_STEPS = 30
 #: Measured speed-ups kept per model; the decision uses their median.
 RATIO_HISTORY = 5
+#: Below this many measurements the median is padded with ASSUMED_RATIO.
+TRUSTED_RATIOS = 3
 #: Compiled step time / eager step time assumed before one was measured for the model:
 #: ``scripts/bench.py --sections e`` measured 0.69-0.89 on the 2-core CPU (ResNet-20) and the
 #: same range is typical on GPUs; the upper end keeps the decision conservative.
@@ -208,11 +210,14 @@ def expected_compile_seconds(record: Mapping[str, Any], model: nn.Module) -> tup
 
 
 def measured_ratio(record: Mapping[str, Any]) -> float:
-    """The median of the model's measured compiled / eager step ratios, else
-    :data:`ASSUMED_RATIO`. A lone ``ratio`` (records before 2026-12-01, from 2 steps per side)
-    is not trusted: one of them kept ``auto`` off for a model that ran at 0.82."""
-    ratios = record.get("ratios") or []
-    return float(statistics.median(ratios)) if ratios else ASSUMED_RATIO
+    """The median of the model's measured compiled / eager step ratios, padded with
+    :data:`ASSUMED_RATIO` up to :data:`TRUSTED_RATIOS` values. A run that stays eager
+    measures nothing, so one unlucky measurement alone must not keep ``auto`` off for good
+    (one measured 1.03 on a busy machine, before ``retain_host_memory``, for a model that runs
+    at 0.85-0.90). A lone legacy ``ratio`` (from 2 steps per side) is not trusted at all."""
+    ratios = list(record.get("ratios") or [])
+    ratios += [ASSUMED_RATIO] * max(0, TRUSTED_RATIOS - len(ratios))
+    return float(statistics.median(ratios))
 
 
 # ----------------------------------------------------------------------------- compiled call

@@ -254,8 +254,12 @@ def test_auto_decides_from_timed_steps(monkeypatch) -> None:
 
 
 def test_speed_ratio_is_the_median_of_recent_measurements() -> None:
-    """One noisy measurement must not decide for every later run, and a lone legacy
-    ``ratio`` (2 timed steps per side) is not trusted."""
+    """One noisy measurement must not decide for every later run (a run that stays eager
+    measures nothing new), and a lone legacy ``ratio`` (2 timed steps per side) is not
+    trusted."""
     assert compile_mod.measured_ratio({}) == compile_mod.ASSUMED_RATIO
     assert compile_mod.measured_ratio({"ratio": 1.01}) == compile_mod.ASSUMED_RATIO
     assert compile_mod.measured_ratio({"ratios": [0.8, 1.3, 0.82]}) == 0.82
+    # one or two unlucky measurements are outvoted by the prior until a third one exists
+    assert compile_mod.measured_ratio({"ratios": [1.03]}) == compile_mod.ASSUMED_RATIO
+    assert compile_mod.measured_ratio({"ratios": [1.03, 1.05]}) == 1.03
