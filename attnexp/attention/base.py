@@ -20,7 +20,7 @@ gets the default below, an exact learnable blend.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -49,6 +49,12 @@ class AttentionModule(nn.Module):
         super().__init__()
         self.record_maps = False
         self.attention_maps: dict[str, torch.Tensor] = {}
+
+    def mean_pool_gate(self) -> Callable[[torch.Tensor], torch.Tensor] | None:
+        """For a module computing ``x * s(mean_hw(x))`` with a (B, C) gate ``s``: ``s`` as a
+        function of the pooled (B, C) input, else None. Blocks use it to fold the gate into
+        the BN before it while compiling (:mod:`attnexp.models.fused_tail`)."""
+        return None
 
     def expose(self, name: str, value: torch.Tensor) -> None:
         """Keep a detached copy of a map when recording is on."""

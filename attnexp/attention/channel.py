@@ -16,6 +16,7 @@ exact learnable blend of :meth:`~attnexp.attention.base.AttentionModule.reset_to
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Literal
 
 import torch
@@ -101,6 +102,11 @@ class SqueezeExcitation(AttentionModule):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         z = x.mean((2, 3)) if self.squeeze == "avg" else x.amax((2, 3))
+        s = self.excite(z)
+        return x * s[:, :, None, None].to(x.dtype)
+
+    def excite(self, z: torch.Tensor) -> torch.Tensor:
+        """The (B, C) gate ``s`` from the squeezed descriptor ``z`` (B, C)."""
         logits = fused.linear(F.relu(fused.linear(z, self.fc1)), self.fc2)
         if self.excitation == "sigmoid":
             s = torch.sigmoid(logits)
@@ -109,7 +115,10 @@ class SqueezeExcitation(AttentionModule):
         else:
             s = F.relu(logits)
         self.expose("channel", s)
-        return x * s[:, :, None, None].to(x.dtype)
+        return s
+
+    def mean_pool_gate(self) -> Callable[[torch.Tensor], torch.Tensor] | None:
+        return self.excite if self.squeeze == "avg" else None
 
 
 # --------------------------------------------------------------------------------------
@@ -164,10 +173,17 @@ class ECA(AttentionModule):
         self.conv = nn.Conv1d(1, 1, k, padding=(k - 1) // 2, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = fused.channel_conv1d(x.mean((2, 3)), self.conv)  # (B, C)
-        s = torch.sigmoid(y)
-        self.expose("channel", s)
+        s = self.excite(x.mean((2, 3)))
         return x * s[:, :, None, None].to(x.dtype)
+
+    def excite(self, z: torch.Tensor) -> torch.Tensor:
+        """The (B, C) gate from the average-pooled input ``z`` (B, C)."""
+        s = torch.sigmoid(fused.channel_conv1d(z, self.conv))
+        self.expose("channel", s)
+        return s
+
+    def mean_pool_gate(self) -> Callable[[torch.Tensor], torch.Tensor] | None:
+        return self.excite
 
     def extra_repr(self) -> str:
         return f"kernel_size={self.kernel_size}"

@@ -47,6 +47,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from attnexp.attention import fused
+from attnexp.models import fused_tail
+
 #: Gate positions inside a block, in forward order (``between_stages`` belongs to the backbone).
 BLOCK_POSITIONS: tuple[str, ...] = (
     "before_block",
@@ -118,6 +121,18 @@ def make_shortcut(
     if not norm:  # pre-activation nets: the projection acts on the pre-activated input
         return conv1x1(in_channels, out_channels, stride)
     return nn.Sequential(conv1x1(in_channels, out_channels, stride), nn.BatchNorm2d(out_channels))
+
+
+def _hooked(module: nn.Module) -> bool:
+    """Whether ``module`` (or every module, globally) has forward hooks that must see it run."""
+    from torch.nn.modules import module as module_mod
+
+    return bool(
+        module._forward_hooks
+        or module._forward_pre_hooks
+        or module_mod._global_forward_hooks
+        or module_mod._global_forward_pre_hooks
+    )
 
 
 class ResidualBlock(nn.Module):
@@ -221,6 +236,47 @@ class ResidualBlock(nn.Module):
         out = getattr(self, self.NORM_AFTER[site])(out)  # type: ignore[arg-type]
         return F.relu(out, inplace=True) if relu else out
 
+    def _residual_tail(
+        self, site: str, branch: torch.Tensor, x: torch.Tensor, gates: tuple[str, ...]
+    ) -> torch.Tensor:
+        """Conv ``site`` with its BN, the gates at ``gates``, the shortcut of ``x`` with its
+        ``identity`` gate, the add and the ReLU. While compiling, BN + a mean-pooled channel
+        gate (SE, ECA) + add + ReLU run as one folded formulation
+        (:mod:`attnexp.models.fused_tail`), with the same maths."""
+        out = getattr(self, site)(branch)
+        identity = x if self.downsample is None else self.downsample(x)
+        identity = self._gate("identity", identity)
+        plan = self._fused_tail_plan(site, gates) if fused.active() else None
+        if plan is not None:
+            bn, gate = plan
+            return fused_tail.bn_gate_add_relu(out, bn, identity, gate)
+        if site not in self.sites_with_norm_act:
+            out = getattr(self, self.NORM_AFTER[site])(out)  # type: ignore[arg-type]
+        for position in gates:
+            out = self._gate(position, out)
+        return self.relu(out + identity)
+
+    def _fused_tail_plan(
+        self, site: str, gates: tuple[str, ...]
+    ) -> tuple[nn.BatchNorm2d, fused_tail.Gate | None] | None:
+        """(BN, gate) when the tail can be folded, else None: a plain ``nn.BatchNorm2d``, at
+        most one gate module and one with a mean-pooled channel gate, no hooks anywhere (a
+        hook, e.g. an identity blend or feature capture, must see the module run)."""
+        if site in self.sites_with_norm_act:
+            return None
+        bn = getattr(self, self.NORM_AFTER[site])  # type: ignore[arg-type]
+        if not fused_tail.fusable_norm(bn) or _hooked(bn) or _hooked(self.relu):
+            return None
+        containers = [self.attn[p] for p in gates if p in self.attn]
+        modules = [m for seq in containers for m in seq]
+        if not modules:
+            return (bn, None) if fused_tail.FOLD_PLAIN_TAIL else None
+        if len(modules) > 1 or any(_hooked(m) for m in (*containers, *modules)):
+            return None
+        pooled_gate = getattr(modules[0], "mean_pool_gate", None)
+        gate = pooled_gate() if pooled_gate is not None else None
+        return None if gate is None else (bn, gate)
+
     def _pre_act(self, site: str, x: torch.Tensor) -> torch.Tensor:
         """BN + ReLU between two convs of a pre-activation block, skipped when conv ``site``
         (the one before) was replaced by a module that normalises and activates itself."""
@@ -262,12 +318,7 @@ class BasicBlock(ResidualBlock):
         out = self._gate("before_block", x)
         out = self._unit("conv1", out, relu=True)
         out = self._gate("after_conv1", out)
-        out = self._unit("conv2", out, relu=False)
-        out = self._gate("after_conv2", out)
-        out = self._gate("after_conv3", out)
-        identity = x if self.downsample is None else self.downsample(x)
-        identity = self._gate("identity", identity)
-        out = self.relu(out + identity)
+        out = self._residual_tail("conv2", out, x, ("after_conv2", "after_conv3"))
         return self._gate("after_add", out)
 
 
@@ -336,11 +387,7 @@ class Bottleneck(ResidualBlock):
         out = self._gate("after_conv1", out)
         out = self._unit("conv2", out, relu=True)
         out = self._gate("after_conv2", out)
-        out = self._unit("conv3", out, relu=False)
-        out = self._gate("after_conv3", out)
-        identity = x if self.downsample is None else self.downsample(x)
-        identity = self._gate("identity", identity)
-        out = self.relu(out + identity)
+        out = self._residual_tail("conv3", out, x, ("after_conv3",))
         return self._gate("after_add", out)
 
 

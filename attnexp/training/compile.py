@@ -11,7 +11,9 @@ statistics, gradients and RNG state restored afterwards, so a compiler failure (
 toolchain, an unsupported op) is caught before it can break a training step; the run then
 continues eagerly after a one-line warning. Later calls go through :class:`GuardedCompiled`:
 only the first batch shape of each mode (train, eval) runs compiled, other shapes (the last
-partial batch of an epoch) run eagerly instead of triggering a recompilation.
+partial batch of an epoch) run eagerly instead of triggering a recompilation. The speed-up
+remembered for the model comes from the steps right after compiling, where the compiled and
+the eager call alternate (:data:`RATIO_STEPS` each), so both see the same conditions.
 
 Compiled artefacts persist across runs and processes in PyTorch's own caches (inductor's
 FX graph cache and the AOTAutograd cache), kept under ``~/.cache/attnexp/inductor``
@@ -45,9 +47,12 @@ from torch import nn
 #: step pays for lazy initialisation). Their median is also the eager side of the measured
 #: speed-up; with 2 steps, one slow step on a shared machine moved it by 10%.
 WARMUP_STEPS = 8
-#: Compiled steps timed (after the first) for the speed-up remembered for the model. The first
-#: few compiled steps are slower (new buffers); a 2-step median measured 0.97 on ResNet-20
-#: where the whole run ran at 0.82 of the eager step, and the next run then stayed eager.
+#: Steps per side timed after compiling for the speed-up remembered for the model: the
+#: compiled and the eager call alternate step by step, so both sides see the same machine
+#: state and the same point of the run. The eager steps timed before the decision cannot be
+#: used for that: the first steps of a CPU run fault their buffers in (ResNet-20 on CIFAR-10:
+#: 318 ms per eager step there, ~220 ms a hundred steps later), which made compiling look
+#: faster than it is; a 2-step median the other way measured 0.97 where the run ran at 0.82.
 RATIO_STEPS = 30
 #: Measured speed-ups kept per model; the decision uses their median.
 RATIO_HISTORY = 5
@@ -236,12 +241,16 @@ class GuardedCompiled:
         self.shapes: dict[bool, tuple[int, ...]] = {}
         self.failed: BaseException | None = None
         self.first_call_s: dict[bool, float] = {}
+        #: run the eager call for now (the interleaved speed measurement sets it)
+        self.eager_now = False
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         x = args[0] if args else None
         shape = tuple(x.shape) if isinstance(x, torch.Tensor) else ()
         mode = bool(self.module.training)
         if self.failed is not None or self.shapes.setdefault(mode, shape) != shape:
+            return self.eager(*args, **kwargs)
+        if self.eager_now:
             return self.eager(*args, **kwargs)
         first = mode not in self.first_call_s
         start = time.perf_counter()
@@ -317,6 +326,8 @@ class CompileWhenItPays(L.Callback):
         self.decision: Decision | None = None
         self.eager_times: list[float] = []
         self.compiled_times: list[float] = []
+        #: eager steps timed after compiling, alternating with the compiled ones
+        self.interleaved_eager_times: list[float] = []
         self.key: str | None = None
         self.guarded: GuardedCompiled | None = None
         self.probe_s: float | None = None
@@ -338,6 +349,7 @@ class CompileWhenItPays(L.Callback):
             "compiled_step_s": statistics.median(self.compiled_times)
             if self.compiled_times
             else None,
+            "compiled_vs_eager": self._interleaved_ratio(),
             "probe_s": self.probe_s,
             "warm_caches": self.warm_start,
         }
@@ -370,7 +382,29 @@ class CompileWhenItPays(L.Callback):
         if self.decision is None and self.mode == "on":
             self._announce(trainer, pl_module, Decision(True, "training.compile=true"))
             self._compile(trainer, pl_module, batch)
+        if self._measuring and self._compiled_shape(batch):
+            # Alternate by step count, so every DDP rank takes the same path.
+            timed = len(self.compiled_times) + len(self.interleaved_eager_times)
+            self.guarded.eager_now = timed % 2 == 1  # type: ignore[union-attr]
         self._start = time.perf_counter()
+
+    def _compiled_shape(self, batch: Any) -> bool:
+        """Whether ``batch`` has the shape the training graph was compiled for (the last
+        partial batch runs eagerly whatever is measured, so it is not timed)."""
+        g = self.guarded
+        x = batch[0] if isinstance(batch, (tuple, list)) else batch
+        return g is not None and tuple(getattr(x, "shape", ())) == g.shapes.get(True)
+
+    @property
+    def _measuring(self) -> bool:
+        """Timing compiled and eager steps alternately (right after compiling)."""
+        g = self.guarded
+        return (
+            g is not None
+            and g.failed is None
+            and not self._speed_remembered
+            and len(self.interleaved_eager_times) < RATIO_STEPS
+        )
 
     def on_train_batch_end(
         self,
@@ -380,10 +414,7 @@ class CompileWhenItPays(L.Callback):
         batch: Any,
         batch_idx: int,
     ) -> None:
-        timing = self.decision is None or (
-            self.guarded is not None and len(self.compiled_times) < RATIO_STEPS + 1
-        )
-        if not timing:
+        if self.decision is not None and not (self._measuring and self._compiled_shape(batch)):
             return
         if pl_module.device.type == "cuda":
             torch.cuda.synchronize(pl_module.device)
@@ -393,10 +424,13 @@ class CompileWhenItPays(L.Callback):
             self.eager_times.append(elapsed)
             if len(self.eager_times) > self.warmup_steps:  # the first one is not counted
                 self._decide(trainer, pl_module, batch)
-        else:
-            self.compiled_times.append(elapsed)
-            if len(self.compiled_times) == RATIO_STEPS + 1:
-                self._remember_speed(pl_module)
+            return
+        g = self.guarded
+        assert g is not None
+        (self.interleaved_eager_times if g.eager_now else self.compiled_times).append(elapsed)
+        g.eager_now = False  # validation and everything else between steps runs compiled
+        if len(self.interleaved_eager_times) == RATIO_STEPS:
+            self._remember_speed(pl_module)
 
     # -- internals ---------------------------------------------------------------------------
     def _decide(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any) -> None:
@@ -434,19 +468,28 @@ class CompileWhenItPays(L.Callback):
         g = self.guarded
         if g is None or g.failed is not None or self.key is None or len(self.compiled_times) < 2:
             return
+        g.eager_now = False
         compiled = statistics.median(self.compiled_times[1:])
         values: dict[str, Any] = {}
         if self.probe_s is not None:
             step = statistics.median(self.eager_times[1:]) if self.eager_times else compiled
             self._train_compile_s = max(self.probe_s - step, 0.0)
             values[self._compile_field] = self._train_compile_s
-        if self.eager_times[1:]:
-            ratio = compiled / statistics.median(self.eager_times[1:])
+        ratio = self._interleaved_ratio()
+        if ratio is not None:
             record = read_records().get(self.key, {})
             history = [*record.get("ratios", []), ratio][-RATIO_HISTORY:]
             values.update(ratios=history, ratio=statistics.median(history))
         write_record(self.key, values)
         pl_module.compile_decision = self.summary()
+
+    def _interleaved_ratio(self) -> float | None:
+        """Compiled / eager step time from the alternating steps (the first compiled step,
+        which still allocates its buffers, is left out); None below 2 steps per side."""
+        compiled, eager = self.compiled_times[1:], self.interleaved_eager_times
+        if len(compiled) < 2 or len(eager) < 2:
+            return None
+        return statistics.median(compiled) / statistics.median(eager)
 
     @property
     def _compile_field(self) -> str:

@@ -7,6 +7,7 @@ import json
 import math
 import statistics
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import pytest
@@ -166,6 +167,9 @@ class _Compiled(L.Callback):
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.impl = pl_module.model.__dict__.get("_compiled_call_impl")
+        (self.compile_callback,) = (
+            c for c in trainer.callbacks if isinstance(c, compile_mod.CompileWhenItPays)
+        )
 
 
 def _fit(
@@ -218,6 +222,33 @@ def test_forced_compile_trains_and_matches_eager() -> None:
     assert seen.impl is not None and seen.impl.shapes[True] == (8, 3, 8, 8)
     for (name, a), b in zip(compiled.state_dict().items(), eager.state_dict().values()):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_speed_is_measured_on_alternating_steps() -> None:
+    """After compiling, compiled and eager steps alternate for the remembered speed-up (both
+    sides under the same conditions); the last partial batch is not timed, and validation
+    runs compiled whatever the last training step was."""
+    calls: list[bool] = []
+
+    def counting_backend(gm: torch.fx.GraphModule, example_inputs: list) -> Any:
+        def run(*args: Any) -> Any:
+            calls.append(torch.is_grad_enabled())
+            return gm.forward(*args)
+
+        return run
+
+    module, seen = _fit({"backend": counting_backend}, steps=8)  # + 1 partial batch
+    callback = seen.compile_callback
+    assert len(callback.compiled_times) == 4 and len(callback.interleaved_eager_times) == 4
+    # grad-mode compiled calls: the probe and the 4 compiled steps; no-grad: validation
+    assert calls.count(True) == 5 and calls.count(False) == 8, calls
+    ratio = module.compile_decision["compiled_vs_eager"]
+    assert ratio == pytest.approx(
+        statistics.median(callback.compiled_times[1:])
+        / statistics.median(callback.interleaved_eager_times)
+    )
+    (record,) = compile_mod.read_records().values()
+    assert record["ratios"] == [ratio]
 
 
 def test_auto_decides_from_timed_steps(monkeypatch) -> None:
